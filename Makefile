@@ -1,0 +1,29 @@
+PYTHON ?= python
+DATA ?= ../shared/data
+
+.PHONY: help install test test-all lint format bench
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install:  ## install torch (CPU wheel) first, then the lab with its dev extras
+	$(PYTHON) -m pip install torch==2.13.0
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test:  ## the default (fast) suite; real-data tests run where RETRIEVAL_LAB_DATA is set
+	$(PYTHON) -m pytest -m "not slow"
+
+test-all:  ## everything, slow tests included (minutes)
+	RETRIEVAL_LAB_DATA=$${RETRIEVAL_LAB_DATA:-$(DATA)} $(PYTHON) -m pytest
+
+lint:  ## ruff check and format check
+	$(PYTHON) -m ruff check retrieval_lab tests benchmarks
+	$(PYTHON) -m ruff format --check retrieval_lab tests benchmarks
+
+format:  ## apply ruff fixes and formatting
+	$(PYTHON) -m ruff check --fix retrieval_lab tests benchmarks
+	$(PYTHON) -m ruff format retrieval_lab tests benchmarks
+
+bench:  ## the benchmarks (minutes; print tables and a JSON line each)
+	RETRIEVAL_LAB_DATA=$${RETRIEVAL_LAB_DATA:-$(DATA)} $(PYTHON) benchmarks/bm25.py
+	RETRIEVAL_LAB_DATA=$${RETRIEVAL_LAB_DATA:-$(DATA)} $(PYTHON) benchmarks/encode.py

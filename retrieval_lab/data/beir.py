@@ -1,0 +1,172 @@
+"""Read datasets in the BEIR layout: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``.
+
+Decisions on messy input (tested in ``tests/test_beir_data.py``):
+
+- A malformed JSON line, a line without ``_id`` or a qrels row with the wrong number of fields is an error
+  naming the file and the line number.
+- A duplicate ``_id`` in the corpus or the queries is an error naming both lines: which text is meant would
+  otherwise be a silent guess.
+- An empty document (no title and no text) is kept, so qrels that point at it stay valid, and counted in a
+  warning: it can only be retrieved by chance. An empty query is an error, since it cannot be evaluated.
+- Qrels ids absent from the corpus or the queries are an error giving their count and the first few.
+- Graded relevance is kept as written; rows with relevance <= 0 stay in the qrels as judged non-relevant.
+- CRLF and LF line endings are both read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from retrieval_lab.data.download import ensure_beir_dataset
+
+log = logging.getLogger(__name__)
+
+Qrels = dict[str, dict[str, int]]
+
+
+class DataFormatError(ValueError):
+    """Malformed dataset file; the message names the file and, where it can, the line."""
+
+
+@dataclass
+class Document:
+    title: str
+    text: str
+
+    def full_text(self, sep: str = " ") -> str:
+        """Title and text joined, the way BEIR's evaluations feed documents to a model."""
+        return f"{self.title}{sep}{self.text}".strip() if self.title else self.text.strip()
+
+
+@dataclass
+class RetrievalDataset:
+    """A corpus, its queries and the relevance judgements of each split."""
+
+    name: str
+    corpus: dict[str, Document]
+    queries: dict[str, str]
+    qrels: dict[str, Qrels] = field(default_factory=dict)
+
+    def split_queries(self, split: str) -> dict[str, str]:
+        """The queries judged in ``split``, in file order."""
+        judged = self.qrels[split]
+        return {qid: text for qid, text in self.queries.items() if qid in judged}
+
+
+def _read_jsonl(path: Path, kind: str) -> list[tuple[int, dict]]:
+    rows: list[tuple[int, dict]] = []
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataFormatError(f"{path}:{lineno}: malformed JSON in {kind} file ({err.msg})") from err
+            if not isinstance(row, dict):
+                raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            if "_id" not in row:
+                raise DataFormatError(f"{path}:{lineno}: {kind} line has no '_id' field")
+            rows.append((lineno, row))
+    return rows
+
+
+def _index_by_id(rows: list[tuple[int, dict]], path: Path) -> dict[str, tuple[int, dict]]:
+    seen: dict[str, tuple[int, dict]] = {}
+    for lineno, row in rows:
+        key = str(row["_id"])
+        if key in seen:
+            raise DataFormatError(f"{path}:{lineno}: duplicate _id {key!r} (first seen on line {seen[key][0]})")
+        seen[key] = (lineno, row)
+    return seen
+
+
+def read_corpus(path: str | Path) -> dict[str, Document]:
+    path = Path(path)
+    corpus = {
+        key: Document(title=str(row.get("title") or ""), text=str(row.get("text") or ""))
+        for key, (_, row) in _index_by_id(_read_jsonl(path, "corpus"), path).items()
+    }
+    empty = [key for key, doc in corpus.items() if not doc.full_text()]
+    if empty:
+        log.warning("%s: %d documents have neither title nor text (first: %s)", path, len(empty), empty[:5])
+    return corpus
+
+
+def read_queries(path: str | Path) -> dict[str, str]:
+    path = Path(path)
+    queries: dict[str, str] = {}
+    for key, (lineno, row) in _index_by_id(_read_jsonl(path, "queries"), path).items():
+        text = str(row.get("text") or "").strip()
+        if not text:
+            raise DataFormatError(f"{path}:{lineno}: query {key!r} has empty text")
+        queries[key] = text
+    return queries
+
+
+def read_qrels(path: str | Path) -> Qrels:
+    """Read a BEIR qrels TSV (``query-id corpus-id score``, header optional) with LF or CRLF endings."""
+    path = Path(path)
+    qrels: Qrels = {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            line = raw.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if lineno == 1 and fields[0].strip().lower() in {"query-id", "query_id", "qid"}:
+                continue
+            if len(fields) != 3:
+                raise DataFormatError(
+                    f"{path}:{lineno}: expected 3 tab-separated fields (query-id, corpus-id, score), got {len(fields)}"
+                )
+            qid, did, score = (f.strip() for f in fields)
+            try:
+                relevance = int(float(score))
+            except ValueError as err:
+                raise DataFormatError(f"{path}:{lineno}: relevance score {score!r} is not a number") from err
+            qrels.setdefault(qid, {})[did] = relevance
+    return qrels
+
+
+def check_qrels_ids(qrels: Qrels, corpus: dict, queries: dict, path: Path) -> None:
+    """Refuse qrels that mention queries or documents the dataset does not have."""
+    missing_q = sorted(q for q in qrels if q not in queries)
+    missing_d = sorted({d for docs in qrels.values() for d in docs if d not in corpus})
+    problems = []
+    if missing_q:
+        problems.append(f"{len(missing_q)} query ids absent from queries.jsonl (first: {missing_q[:5]})")
+    if missing_d:
+        problems.append(f"{len(missing_d)} corpus ids absent from corpus.jsonl (first: {missing_d[:5]})")
+    if problems:
+        raise DataFormatError(f"{path}: " + "; ".join(problems))
+
+
+def load_beir(
+    name: str,
+    data_root: str | Path,
+    splits: list[str] | tuple[str, ...] | None = None,
+    download: bool = True,
+) -> RetrievalDataset:
+    """Load ``<data_root>/beir/<name>``, downloading it from the public BEIR address if it is missing.
+
+    ``splits`` names the qrels to read; by default every ``qrels/*.tsv`` present.
+    """
+    folder = ensure_beir_dataset(name, Path(data_root) / "beir", download=download)
+    if splits is None:
+        splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+    corpus = read_corpus(folder / "corpus.jsonl")
+    queries = read_queries(folder / "queries.jsonl")
+    qrels: dict[str, Qrels] = {}
+    for split in splits:
+        path = folder / "qrels" / f"{split}.tsv"
+        if not path.exists():
+            available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+            raise FileNotFoundError(f"{path}: no qrels for split {split!r}; available: {available}")
+        qrels[split] = read_qrels(path)
+        check_qrels_ids(qrels[split], corpus, queries, path)
+    log.info("Loaded %s: %d documents, %d queries, splits %s", name, len(corpus), len(queries), list(qrels))
+    return RetrievalDataset(name=name, corpus=corpus, queries=queries, qrels=qrels)

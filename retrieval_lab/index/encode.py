@@ -1,0 +1,114 @@
+"""The one corpus-encoding path: evaluation, ANN negative mining and index refresh all call ``encode_texts``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from retrieval_lab.models.base import Encoder
+
+SIDES = ("queries", "docs")
+PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16")
+
+
+def _pad(ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)  # (B, L)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)  # (B, L)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products run natively: on CUDA, or on CPUs with AMX or AVX512-BF16.
+
+    Elsewhere (AVX2-only CPUs) PyTorch emulates bf16 GEMMs and they run hundreds of times slower than fp32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` becomes ``bf16`` where the hardware has native bf16 and ``fp32`` elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if has_fast_bf16(device) else "fp32"
+    return precision
+
+
+@contextlib.contextmanager
+def _precision_context(encoder: Encoder, precision: str, device: torch.device):
+    """fp32 as is; bf16-autocast around the forward; bf16 casts the weights for the duration, then back."""
+    if precision == "fp32":
+        yield
+    elif precision == "bf16-autocast":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        # Keep the original tensors: a bf16 round trip would lose the fp32 weights' low bits.
+        originals = {name: p.data for name, p in encoder.named_parameters()}
+        encoder.to(torch.bfloat16)
+        try:
+            yield
+        finally:
+            for name, p in encoder.named_parameters():
+                p.data = originals[name]
+
+
+@torch.inference_mode()
+def encode_texts(
+    encoder: Encoder,
+    texts: Sequence[str],
+    side: str = "docs",
+    batch_size: int = 64,
+    precision: str = "auto",
+    show_progress: bool = True,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """Encode ``texts`` as queries or documents; returns float32 vectors in the input order.
+
+    Texts are tokenized once without padding, sorted by length and batched, so each batch pads only to its
+    own longest member. ``precision`` is ``fp32``, ``bf16-autocast`` (autocast around the forward), ``bf16``
+    (weights cast to bfloat16 for the call) or ``auto`` (``bf16`` where bf16 is native, else ``fp32``; see
+    ``benchmarks/encode.py``).
+    """
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not texts:
+        raise ValueError("encode_texts got no texts")
+    device = torch.device(device) if device is not None else next(encoder.parameters()).device
+    precision = resolve_precision(precision, device)
+    tokenize = encoder.tokenize_queries if side == "queries" else encoder.tokenize_docs
+    ids = tokenize(list(texts), padding=False)["input_ids"]
+    order = np.argsort([-len(x) for x in ids], kind="stable")
+    was_training = encoder.training
+    encoder.eval()
+    chunks: list[torch.Tensor] = []
+    try:
+        with _precision_context(encoder, precision, device):
+            bar = tqdm(total=len(texts), desc=f"encode {side}", unit="text", disable=not show_progress)
+            for start in range(0, len(order), batch_size):
+                batch = _pad([ids[i] for i in order[start : start + batch_size]], encoder.pad_token_id)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                fn = encoder.encode_queries if side == "queries" else encoder.encode_docs
+                chunks.append(fn(batch).float().cpu())  # (b, d)
+                bar.update(len(batch["input_ids"]))
+            bar.close()
+    finally:
+        encoder.train(was_training)
+    sorted_vectors = torch.cat(chunks).numpy()  # (N, d)
+    vectors = np.empty_like(sorted_vectors)
+    vectors[order] = sorted_vectors
+    return vectors

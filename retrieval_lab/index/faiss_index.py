@@ -1,0 +1,84 @@
+"""FAISS behind the VectorIndex interface, built from a factory string (``Flat``, ``HNSW32``, ``IVF256,PQ32``...)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from retrieval_lab.index.base import VectorIndex
+
+
+class FaissIndex(VectorIndex):
+    """Inner-product FAISS index. Trainable factories (IVF, PQ) train on the first ``add``."""
+
+    def __init__(self, dim: int, factory: str = "Flat", nprobe: int = 16, ef_search: int = 128) -> None:
+        try:
+            self.index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as err:
+            raise ValueError(f"index.factory {factory!r} is not a valid FAISS factory string: {err}") from err
+        self.dim, self.factory = dim, factory
+        self._configure(nprobe, ef_search)
+        self.ids: list[str] = []
+
+    def _configure(self, nprobe: int, ef_search: int) -> None:
+        self.nprobe, self.ef_search = nprobe, ef_search
+        params = faiss.ParameterSpace()
+        for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
+            try:
+                params.set_index_parameter(self.index, name, value)
+            except RuntimeError:
+                pass  # the factory has no such knob (Flat has neither)
+
+    def add(self, vectors: np.ndarray, ids: list[str]) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"expected vectors of shape (n, {self.dim}), got {vectors.shape}")
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        if not self.index.is_trained:
+            self.index.train(vectors)
+        self.index.add(vectors)
+        self.ids.extend(ids)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
+        k = min(k, len(self.ids))
+        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        ids = [[self.ids[r] for r in row if r >= 0] for row in rows]
+        return scores, ids
+
+    def save(self, folder: str | Path) -> None:
+        """Write to ``folder`` atomically: a temporary sibling is filled, then renamed into place."""
+        folder = Path(folder)
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self.index, str(tmp / "index.faiss"))
+        meta = {"dim": self.dim, "factory": self.factory, "nprobe": self.nprobe, "ef_search": self.ef_search}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        (tmp / "ids.json").write_text(json.dumps(self.ids))
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            folder.rename(old)
+            tmp.rename(folder)
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+        else:
+            tmp.rename(folder)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> FaissIndex:
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        self = cls.__new__(cls)
+        self.dim, self.factory = meta["dim"], meta["factory"]
+        self.index = faiss.read_index(str(folder / "index.faiss"))
+        self._configure(meta["nprobe"], meta["ef_search"])
+        self.ids = json.loads((folder / "ids.json").read_text())
+        return self
+
+    def __len__(self) -> int:
+        return len(self.ids)

@@ -1,0 +1,42 @@
+"""The Encoder contract: objectives, evaluation and indexes only talk to this interface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+Batch = dict[str, torch.Tensor]
+
+
+class Encoder(nn.Module, ABC):
+    """Turns tokenized queries and documents into vectors and scores them.
+
+    ``encode_queries``/``encode_docs`` return ``(B, d)`` single vectors, or ``(B, L, d)`` token vectors for
+    late-interaction models (which then read the batch's attention mask). ``score`` gives the ``(Bq, Bd)``
+    score matrix.
+    """
+
+    query_max_length: int
+    doc_max_length: int
+
+    @abstractmethod
+    def tokenize_queries(self, texts: Sequence[str], padding: bool = True) -> Batch: ...
+
+    @abstractmethod
+    def tokenize_docs(self, texts: Sequence[str], padding: bool = True) -> Batch: ...
+
+    @abstractmethod
+    def encode_queries(self, batch: Batch) -> torch.Tensor: ...
+
+    @abstractmethod
+    def encode_docs(self, batch: Batch) -> torch.Tensor: ...
+
+    @abstractmethod
+    def score(self, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor: ...
+
+    @property
+    def pad_token_id(self) -> int:
+        return 0

@@ -1,0 +1,66 @@
+"""Dense retrieval: the one encoding path into a FAISS index, then top-k inner-product search."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from retrieval_lab.data.beir import Document
+from retrieval_lab.eval.trec import Run
+from retrieval_lab.index.encode import encode_texts, resolve_precision
+from retrieval_lab.index.faiss_index import FaissIndex
+from retrieval_lab.models.base import Encoder
+from retrieval_lab.retrievers.base import Retriever
+
+log = logging.getLogger(__name__)
+
+
+class DenseRetriever(Retriever):
+    def __init__(
+        self,
+        encoder: Encoder,
+        index_factory: str = "Flat",
+        batch_size: int = 64,
+        query_batch_size: int = 256,
+        precision: str = "auto",
+        device: str = "cpu",
+        show_progress: bool = True,
+    ) -> None:
+        self.encoder = encoder.to(device)
+        resolve_precision(precision, torch.device(device))  # refuse a bad value before any encoding
+        self.index_factory = index_factory
+        self.encode_args = {"precision": precision, "show_progress": show_progress, "device": device}
+        self.batch_size, self.query_batch_size = batch_size, query_batch_size
+        self.faiss: FaissIndex | None = None
+        self.timings: dict[str, float] = {}
+        # Build an empty index now so a bad factory string fails before any encoding.
+        FaissIndex(self._probe_dim(), index_factory)
+
+    def _probe_dim(self) -> int:
+        with torch.inference_mode():
+            batch = self.encoder.tokenize_queries(["probe"])
+            batch = {k: v.to(self.encode_args["device"]) for k, v in batch.items()}
+            return int(self.encoder.encode_queries(batch).shape[-1])
+
+    def index(self, corpus: dict[str, Document]) -> None:
+        start = time.perf_counter()
+        texts = [doc.full_text() for doc in corpus.values()]
+        vectors = encode_texts(self.encoder, texts, "docs", self.batch_size, **self.encode_args)
+        self.timings["encode_corpus_s"] = time.perf_counter() - start
+        self.faiss = FaissIndex(vectors.shape[1], self.index_factory)
+        self.faiss.add(vectors, list(corpus))
+        log.info("Encoded %d documents in %.1fs", len(texts), self.timings["encode_corpus_s"])
+
+    def search(self, queries: dict[str, str], k: int) -> Run:
+        if self.faiss is None:
+            raise RuntimeError("DenseRetriever.search called before index()")
+        vectors = encode_texts(
+            self.encoder, list(queries.values()), "queries", self.query_batch_size, **self.encode_args
+        )
+        scores, ids = self.faiss.search(vectors, k)
+        return {
+            qid: {did: float(s) for did, s in zip(row_ids, row_scores, strict=False)}
+            for qid, row_ids, row_scores in zip(queries, ids, scores, strict=True)
+        }

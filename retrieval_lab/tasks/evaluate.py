@@ -1,0 +1,69 @@
+"""``task=evaluate``: index the corpus with the configured retriever, rank each split's queries, score them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from retrieval_lab.data.beir import RetrievalDataset
+from retrieval_lab.eval.metrics import evaluate_run, parse_metric
+from retrieval_lab.eval.trec import write_trec_run
+from retrieval_lab.retrievers.base import Retriever
+from retrieval_lab.utils.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_retriever(
+    retriever: Retriever,
+    dataset: RetrievalDataset,
+    splits: Sequence[str],
+    metrics: Sequence[str],
+    top_k: int,
+    output_dir: str | Path | None = None,
+    index: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Rank every split's queries and score them; writes ``run.<split>.trec`` into ``output_dir`` if given."""
+    if index:
+        retriever.index(dataset.corpus)
+    results: dict[str, dict[str, float]] = {}
+    for split in splits:
+        run = retriever.search(dataset.split_queries(split), top_k)
+        if output_dir is not None:
+            write_trec_run(run, Path(output_dir) / f"run.{split}.trec")
+        results[split] = evaluate_run(dataset.qrels[split], run, metrics)
+        log.info("%s %s: %s", dataset.name, split, results[split])
+    return results
+
+
+def check_eval_args(splits: Sequence[str], metrics: Sequence[str], top_k: int) -> None:
+    """Refuse bad ``task.*`` values before any data is read."""
+    if not splits:
+        raise ValueError("task.splits is empty: name at least one qrels split, e.g. [test]")
+    if top_k < 1:
+        raise ValueError(f"task.top_k must be >= 1, got {top_k}")
+    for name in metrics:
+        _, k = parse_metric(name)
+        if k > top_k:
+            raise ValueError(f"task.metrics has {name} but task.top_k is {top_k}: raise task.top_k to >= {k}")
+
+
+def run(cfg: DictConfig, splits: Sequence[str], metrics: Sequence[str], top_k: int) -> dict:
+    """Entry for ``task=evaluate``; writes ``metrics.json`` and the TREC runs into ``paths.output_dir``."""
+    check_eval_args(splits, metrics, top_k)
+    output_dir = Path(cfg.paths.output_dir)
+    dataset: RetrievalDataset = instantiate(cfg.data)
+    missing = [s for s in splits if s not in dataset.qrels]
+    if missing:
+        raise ValueError(f"task.splits {missing} not in dataset {dataset.name!r} (has {sorted(dataset.qrels)})")
+    retriever: Retriever = instantiate(cfg.retriever)
+    start = time.perf_counter()
+    results = evaluate_retriever(retriever, dataset, splits, metrics, top_k, output_dir)
+    log.info("Evaluation took %.1fs", time.perf_counter() - start)
+    write_json(output_dir / "metrics.json", results)
+    return results

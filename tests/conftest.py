@@ -1,0 +1,93 @@
+"""Shared fixtures: a tiny BEIR dataset written per test, a tiny random-init BERT, and config composition."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for a hub
+
+# Two layers, 32 dims: random weights, the packaged MiniLM tokenizer and config, no download.
+TINY_BERT = {
+    "num_hidden_layers": 2,
+    "hidden_size": 32,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+TINY_MODEL_OVERRIDES = [f"+model.config_overrides.{k}={v}" for k, v in TINY_BERT.items()]
+
+TINY_CORPUS = {
+    "d1": ("Aspirin", "Aspirin reduces the risk of heart attack in adults."),
+    "d2": ("Vitamin C", "Vitamin C does not prevent the common cold."),
+    "d3": ("Exercise", "Regular exercise lowers blood pressure."),
+    "d4": ("Sleep", "Short sleep is linked with obesity in children."),
+    "d5": ("Coffee", "Coffee drinking is associated with lower liver disease risk."),
+    "d6": ("Smoking", "Smoking causes lung cancer."),
+}
+TINY_QUERIES = {
+    "q1": "aspirin heart attack",
+    "q2": "does vitamin C prevent colds",
+    "q3": "smoking and lung cancer",
+    "q4": "sleep duration and obesity",
+}
+TINY_QRELS = {"test": {"q1": {"d1": 1}, "q2": {"d2": 2}, "q3": {"d6": 1}}, "train": {"q4": {"d4": 1}}}
+
+
+def write_beir(root: Path, name: str = "tiny", corpus=None, queries=None, qrels=None, crlf=False) -> Path:
+    """Write a dataset in the BEIR layout under ``root/beir/name``; returns ``root``."""
+    folder = root / "beir" / name
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    corpus = TINY_CORPUS if corpus is None else corpus
+    queries = TINY_QUERIES if queries is None else queries
+    qrels = TINY_QRELS if qrels is None else qrels
+    with (folder / "corpus.jsonl").open("w") as out:
+        for did, (title, text) in corpus.items():
+            out.write(json.dumps({"_id": did, "title": title, "text": text}) + "\n")
+    with (folder / "queries.jsonl").open("w") as out:
+        for qid, text in queries.items():
+            out.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    end = "\r\n" if crlf else "\n"
+    for split, rows in qrels.items():
+        lines = ["query-id\tcorpus-id\tscore"]
+        lines += [f"{q}\t{d}\t{r}" for q, docs in rows.items() for d, r in docs.items()]
+        (folder / "qrels" / f"{split}.tsv").write_text(end.join(lines) + end, newline="")
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    return write_beir(tmp_path / "data")
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path, tiny_data: Path):
+    """Compose the lab's config with test-safe defaults: tiny data, outputs under tmp_path, no bars."""
+
+    def _compose(overrides: list[str] | None = None, data_root: Path | None = None):
+        GlobalHydra.instance().clear()
+        overrides = list(overrides or [])
+        chooses_data = any(o.startswith("data=") for o in overrides)
+        base = [] if chooses_data else ["data=beir", "data.name=tiny"]
+        base += [
+            f"paths.data_root={data_root or tiny_data}",
+            f"paths.output_dir={tmp_path / 'out'}",
+        ]
+        with initialize_config_module(config_module="retrieval_lab.conf", version_base="1.3"):
+            return compose(config_name="config", overrides=base + overrides)
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real datasets; tests that need them skip, saying why, where RETRIEVAL_LAB_DATA is unset."""
+    root = os.environ.get("RETRIEVAL_LAB_DATA")
+    if not root:
+        pytest.skip("RETRIEVAL_LAB_DATA is unset: real-data tests need ../shared/data")
+    return Path(root)

@@ -1,0 +1,82 @@
+"""The dense path end to end with a tiny random-init BERT: encoding, FAISS, evaluation outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval_lab.index.encode import encode_texts, resolve_precision
+from retrieval_lab.index.faiss_index import FaissIndex
+from retrieval_lab.models.biencoder import BiEncoder
+from retrieval_lab.train import train
+from tests.conftest import TINY_BERT, TINY_CORPUS, TINY_MODEL_OVERRIDES
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder():
+    torch.manual_seed(0)
+    return BiEncoder(config_overrides=TINY_BERT, doc_max_length=16)
+
+
+TEXTS = [f"{t} {x}" for t, x in TINY_CORPUS.values()] + ["a", "a much longer text " * 10]
+
+
+def test_length_sorted_batches_keep_input_order(tiny_encoder):
+    batched = encode_texts(tiny_encoder, TEXTS, batch_size=3, precision="fp32", show_progress=False)
+    one_by_one = np.stack([encode_texts(tiny_encoder, [t], precision="fp32", show_progress=False)[0] for t in TEXTS])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+
+
+def test_bf16_is_close_and_restores_fp32_weights(tiny_encoder):
+    before = {k: v.clone() for k, v in tiny_encoder.state_dict().items()}
+    fp32 = encode_texts(tiny_encoder, TEXTS, precision="fp32", show_progress=False)
+    for precision in ("bf16", "bf16-autocast"):
+        bf16 = encode_texts(tiny_encoder, TEXTS, precision=precision, show_progress=False)
+        assert (fp32 * bf16).sum(1).min() > 0.98
+    for key, value in tiny_encoder.state_dict().items():
+        assert value.dtype == before[key].dtype and torch.equal(value, before[key]), key
+
+
+def test_auto_precision_and_bad_values(tiny_encoder):
+    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        encode_texts(tiny_encoder, TEXTS, precision="fp8")
+    with pytest.raises(ValueError, match="side must be one of"):
+        encode_texts(tiny_encoder, TEXTS, side="passages")
+
+
+def test_faiss_index_search_save_load(tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((50, 8)).astype(np.float32)
+    index = FaissIndex(8, "Flat")
+    index.add(vectors, [f"d{i}" for i in range(50)])
+    scores, ids = index.search(vectors[:3], k=5)
+    assert [row[0] for row in ids] == ["d0", "d1", "d2"] or scores.shape == (3, 5)
+    np.testing.assert_allclose(scores[:, 0], (vectors[:3] @ vectors.T).max(1), rtol=1e-5)
+    index.save(tmp_path / "idx")
+    index.save(tmp_path / "idx")  # overwriting goes through a temporary name too
+    loaded = FaissIndex.load(tmp_path / "idx")
+    assert loaded.search(vectors[:3], k=5)[1] == ids and len(loaded) == 50
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+
+
+def test_bad_factory_is_refused():
+    with pytest.raises(ValueError, match="not a valid FAISS factory"):
+        FaissIndex(8, "NoSuchIndex")
+
+
+def test_dense_evaluate_end_to_end(compose_cfg, tmp_path):
+    cfg = compose_cfg(["task=evaluate", "retriever=dense", "retriever.show_progress=false", *TINY_MODEL_OVERRIDES])
+    metrics = train(cfg)
+    out = tmp_path / "out"
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == metrics and set(on_disk) == {"test"}
+    assert set(on_disk["test"]) >= {"ndcg@10", "mrr@10", "recall@100", "map@100"}
+    lines = (out / "run.test.trec").read_text().splitlines()
+    assert {line.split()[0] for line in lines} == {"q1", "q2", "q3"}
+    assert len(lines) == 3 * len(TINY_CORPUS)  # top_k 100 > corpus size: every document ranked
+    assert "retriever:" in (out / "config.yaml").read_text()
