@@ -1,0 +1,121 @@
+"""The lab's corpus encoding against sentence-transformers ``encode()`` on SciFact.
+
+    RETRIEVAL_LAB_DATA=../shared/data python benchmarks/encode.py [--docs N] [--batch-size 64]
+
+Same model (the packaged all-MiniLM-L6-v2), texts (title + text), max length 256 and batch size for every
+path. Rows: the lab with its default precision (``auto``: bf16 where the CPU or GPU has native bf16, fp32
+elsewhere), the lab forced to fp32 and to bf16, sentence-transformers in fp32 and under
+``torch.autocast("cpu", torch.bfloat16)``. Each row's nDCG@10 comes from its own document vectors (queries
+encoded by the lab in fp32 for all rows). ``--docs N`` times a seeded subset of N documents that keeps every
+test positive (on CPUs without native bf16 the bf16 rows are very slow); nDCG@10 is then over that subset.
+Last line: one JSON object with ``lab_docs_per_s``, ``st_fp32_docs_per_s``, ``st_bf16_docs_per_s``, ``ratio``
+(lab / st_fp32), ``ratio_bf16`` (lab / st_bf16) and each row's nDCG@10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import torch
+from common import load_scifact, machine, print_json, print_table, timed
+from sentence_transformers import SentenceTransformer
+
+from retrieval_lab.eval.metrics import evaluate_run
+from retrieval_lab.index.encode import encode_texts, resolve_precision
+from retrieval_lab.index.faiss_index import FaissIndex
+from retrieval_lab.models.backbone import resolve_model_path
+from retrieval_lab.models.biencoder import BiEncoder
+
+MAX_LENGTH = 256
+
+
+def pick_docs(ds, n: int | None, seed: int = 0) -> dict:
+    if n is None or n >= len(ds.corpus):
+        return ds.corpus
+    positives = {d for docs in ds.qrels["test"].values() for d in docs}
+    others = [d for d in ds.corpus if d not in positives]
+    keep = positives | set(random.Random(seed).sample(others, max(0, n - len(positives))))
+    return {d: doc for d, doc in ds.corpus.items() if d in keep}
+
+
+def ndcg_of(doc_vectors, doc_ids, query_vectors, qids, qrels) -> float:
+    index = FaissIndex(doc_vectors.shape[1])
+    index.add(doc_vectors, doc_ids)
+    scores, ids = index.search(query_vectors, 100)
+    run = {q: dict(zip(row, map(float, s), strict=False)) for q, row, s in zip(qids, ids, scores, strict=True)}
+    return evaluate_run(qrels, run, ["ndcg@10"])["ndcg@10"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=None, help="time a subset of this many documents")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    ds = load_scifact()
+    corpus = pick_docs(ds, args.docs)
+    doc_ids, texts = list(corpus), [d.full_text() for d in corpus.values()]
+    queries = ds.split_queries("test")
+    qrels = {q: {d: r for d, r in docs.items() if d in corpus} for q, docs in ds.qrels["test"].items()}
+
+    lab = BiEncoder(doc_max_length=MAX_LENGTH, query_max_length=MAX_LENGTH)
+    st = SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2"), device="cpu")
+    st.max_seq_length = MAX_LENGTH
+    query_vectors = encode_texts(lab, list(queries.values()), "queries", precision="fp32", show_progress=False)
+    default = resolve_precision("auto", torch.device("cpu"))
+
+    def lab_encode(precision):
+        return encode_texts(lab, texts, "docs", args.batch_size, precision=precision, show_progress=False)
+
+    def st_encode(bf16: bool):
+        if bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)
+        return st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)
+
+    paths = {
+        f"lab (auto = {default})": lambda: lab_encode("auto"),
+        "lab fp32": lambda: lab_encode("fp32"),
+        "lab bf16": lambda: lab_encode("bf16"),
+        "st fp32": lambda: st_encode(False),
+        "st bf16 autocast": lambda: st_encode(True),
+    }
+    rows, rate, ndcg = [], {}, {}
+    for name, fn in paths.items():
+        vectors, seconds = timed(fn)
+        rate[name] = len(texts) / seconds
+        ndcg[name] = ndcg_of(vectors, doc_ids, query_vectors, list(queries), qrels)
+        rows.append(
+            {
+                "path": name,
+                "docs": len(texts),
+                "seconds": f"{seconds:.1f}",
+                "docs_per_s": f"{rate[name]:.1f}",
+                "ndcg@10": ndcg[name],
+            }
+        )
+        print(rows[-1], flush=True)
+    print_table(rows)
+    print(f"machine: {machine()}")
+    lab_key = f"lab (auto = {default})"
+    print_json(
+        {
+            "docs": len(texts),
+            "lab_precision": default,
+            "lab_docs_per_s": round(rate[lab_key], 2),
+            "lab_fp32_docs_per_s": round(rate["lab fp32"], 2),
+            "lab_bf16_docs_per_s": round(rate["lab bf16"], 2),
+            "st_fp32_docs_per_s": round(rate["st fp32"], 2),
+            "st_bf16_docs_per_s": round(rate["st bf16 autocast"], 2),
+            "ratio": round(rate[lab_key] / rate["st fp32"], 3),
+            "ratio_bf16": round(rate[lab_key] / rate["st bf16 autocast"], 3),
+            "lab_ndcg@10": ndcg[lab_key],
+            "lab_bf16_ndcg@10": ndcg["lab bf16"],
+            "st_fp32_ndcg@10": ndcg["st fp32"],
+            "st_bf16_ndcg@10": ndcg["st bf16 autocast"],
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
