@@ -80,3 +80,13 @@ def test_dense_evaluate_end_to_end(compose_cfg, tmp_path):
     assert {line.split()[0] for line in lines} == {"q1", "q2", "q3"}
     assert len(lines) == 3 * len(TINY_CORPUS)  # top_k 100 > corpus size: every document ranked
     assert "retriever:" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_packaged_minilm_reproduces_mteb_on_scifact(compose_cfg, shared_data):
+    cfg = compose_cfg(
+        ["task=evaluate", "data=scifact", "retriever=dense", "retriever.show_progress=false"], data_root=shared_data
+    )
+    metrics = train(cfg)
+    assert 0.635 <= metrics["test"]["ndcg@10"] <= 0.655  # MTEB reports 0.6451
