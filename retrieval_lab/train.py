@@ -1,18 +1,31 @@
-"""The Hydra entry point: compose ``conf/config.yaml``, then run the selected ``task``."""
+"""The Hydra entry point: compose ``conf/config.yaml``, then run the selected ``task``.
+
+``fit(cfg)`` is the training pipeline ``task=train`` runs: it instantiates the pieces in one fixed order,
+datamodule, model, callbacks, loggers, trainer, then fits.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import hydra
+import pytorch_lightning as pl
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from retrieval_lab.loggers.setup import finish_loggers, instantiate_loggers, log_run_config
+from retrieval_lab.training.datamodule import RetrievalDataModule
+from retrieval_lab.training.module import RetrievalModule
 from retrieval_lab.utils.io import atomic_write_text
 from retrieval_lab.utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def train(cfg: DictConfig) -> dict:
@@ -22,6 +35,59 @@ def train(cfg: DictConfig) -> dict:
     atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     task = instantiate(cfg.task)
     return task(cfg)
+
+
+@dataclass
+class FitResult:
+    datamodule: RetrievalDataModule
+    model: RetrievalModule
+    callbacks: list[pl.Callback]
+    loggers: list
+    trainer: pl.Trainer
+
+
+def make(conf: DictConfig, **kwargs):
+    """``instantiate``, surfacing a component's own ``ValueError`` (which names the config key) unwrapped."""
+    try:
+        return instantiate(conf, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ValueError):
+            raise err.__cause__ from None
+        raise
+
+
+def instantiate_callbacks(callbacks_cfg: DictConfig | None) -> list[pl.Callback]:
+    return [make(conf) for conf in (callbacks_cfg or {}).values() if conf is not None]
+
+
+def fit(
+    cfg: DictConfig, ckpt_path: str | None = None, then: Callable[[FitResult], T] | None = None
+) -> tuple[FitResult, T | None]:
+    """Datamodule, model, callbacks, loggers, trainer, then ``trainer.fit``, then ``then(result)`` (the test
+    evaluation) while the loggers are still open; wandb is finished in a ``finally``.
+
+    Every constructor checks its own values and no data is read before ``fit`` (the data module loads the
+    dataset in ``setup``), so a bad config value fails in seconds.
+    """
+    negatives = make(cfg.negatives)
+    datamodule = make(cfg.datamodule)(dataset=instantiate(cfg.data, _partial_=True), negatives=negatives)
+    objective = make(cfg.objective)
+    encoder = make(cfg.model)
+    model = make(cfg.module)(encoder=encoder, objective=objective)
+    datamodule.bind_encoder(encoder)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    failed = True
+    try:
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        log_run_config(loggers, cfg)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        result = FitResult(datamodule, model, callbacks, loggers, trainer)
+        after = then(result) if then is not None else None
+        failed = False
+        return result, after
+    finally:
+        finish_loggers(loggers, failed)
 
 
 def _primary_metric(metrics: dict, split: str, name: str) -> float | None:

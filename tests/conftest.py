@@ -64,6 +64,46 @@ def tiny_data(tmp_path: Path) -> Path:
     return write_beir(tmp_path / "data")
 
 
+# A training-sized tiny dataset: 24 documents on distinct topics, 20 train and 6 test queries.
+TOPICS = [
+    "aspirin", "insulin", "vitamin", "malaria", "asthma", "obesity", "smoking", "coffee",
+    "sleep", "exercise", "statins", "measles", "influenza", "dementia", "anemia", "migraine",
+    "arthritis", "leukemia", "hepatitis", "glaucoma", "psoriasis", "scurvy", "rickets", "gout",
+]  # fmt: skip
+TRAIN_CORPUS = {f"t{i}": (t.title(), f"Studies of {t} report effects on patients with {t} in trials.")
+                for i, t in enumerate(TOPICS)}  # fmt: skip
+TRAIN_QUERIES = {f"tq{i}": f"what does {t} do to patients" for i, t in enumerate(TOPICS[:26])}
+TRAIN_QRELS = {
+    "train": {f"tq{i}": {f"t{i}": 1} for i in range(20)},
+    "test": {f"tq{i}": {f"t{i}": 2} for i in range(20, 24)},
+}
+
+
+@pytest.fixture
+def train_data(tmp_path: Path) -> Path:
+    """The BEIR layout under ``tmp_path/train_data/beir/tiny``: enough train queries for a few batches."""
+    return write_beir(tmp_path / "train_data", corpus=TRAIN_CORPUS, queries=TRAIN_QUERIES, qrels=TRAIN_QRELS)
+
+
+# Overrides that make task=train take seconds: tiny model, short texts, CSV logging, no bars.
+FAST_TRAIN_OVERRIDES = [
+    *TINY_MODEL_OVERRIDES,
+    "model.query_max_length=16",
+    "model.doc_max_length=32",
+    "logger=csv",
+    "trainer.enable_progress_bar=false",
+    "trainer.max_epochs=2",
+    "trainer.max_steps=-1",
+    "datamodule.batch_size=4",
+    "datamodule.dev_size=4",
+    "datamodule.show_progress=false",
+    "negatives=random",
+    "callbacks.dev_eval.every_n_steps=2",
+    "retriever.show_progress=false",
+    "task.export=false",
+]
+
+
 @pytest.fixture
 def compose_cfg(tmp_path: Path, tiny_data: Path):
     """Compose the lab's config with test-safe defaults: tiny data, outputs under tmp_path, no bars."""

@@ -30,14 +30,15 @@ def test_bad_bm25_values_are_refused(kwargs):
 
 
 def test_bad_task_values_fail_before_data_is_read(compose_cfg):
-    cfg = compose_cfg(["task.top_k=5", "paths.data_root=/nonexistent"])
+    cfg = compose_cfg(["task=evaluate", "retriever=bm25", "task.top_k=5", "paths.data_root=/nonexistent"])
     with pytest.raises(ValueError, match="task.top_k is 5"):
         train(cfg)
 
 
 @pytest.mark.data
 def test_bm25_scifact_reproduces_published_ndcg(compose_cfg, shared_data, tmp_path):
-    cfg = compose_cfg(["data=scifact", "retriever.show_progress=false"], data_root=shared_data)
+    cfg = compose_cfg(["task=evaluate", "retriever=bm25", "data=scifact", "retriever.show_progress=false"],
+                      data_root=shared_data)  # fmt: skip
     metrics = train(cfg)
     assert 0.66 <= metrics["test"]["ndcg@10"] <= 0.70  # BEIR 0.665, Anserini 0.679, bm25s 0.680
     assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == metrics

@@ -1,0 +1,81 @@
+"""Dev evaluation during training: the lab's evaluation code on the data module's dev pool, every N steps."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytorch_lightning as pl
+import torch
+
+from retrieval_lab.eval.metrics import parse_metric
+from retrieval_lab.retrievers.dense import DenseRetriever
+from retrieval_lab.tasks.evaluate import evaluate_retriever
+
+log = logging.getLogger(__name__)
+
+
+class DevEvaluation(pl.Callback):
+    """Logs ``dev/<metric>`` every ``every_n_steps`` optimizer steps and after the last step.
+
+    It ranks ``trainer.datamodule.dev`` (see ``RetrievalDataModule``) with a ``DenseRetriever`` over the
+    encoder being trained and scores it with ``evaluate_retriever``, the code ``task=evaluate`` uses. Rank 0
+    evaluates and broadcasts the value, so every rank logs the same number and ModelCheckpoint decides alike.
+    Lightning moves ModelCheckpoint callbacks after this one, so they see the fresh value at the same step.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        metric: str = "ndcg@10",
+        batch_size: int = 64,
+        precision: str = "auto",
+        show_progress: bool = False,
+    ) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"callbacks.dev_eval.every_n_steps must be >= 1, got {every_n_steps}")
+        parse_metric(metric)
+        self.every_n_steps, self.metric, self.batch_size = every_n_steps, metric, batch_size
+        self.precision, self.show_progress = precision, show_progress
+        self.history: list[tuple[int, float]] = []
+
+    @property
+    def monitor(self) -> str:
+        return f"dev/{self.metric}"
+
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float:
+        dev = trainer.datamodule.dev
+        value = 0.0
+        if trainer.is_global_zero:
+            start = time.perf_counter()
+            retriever = DenseRetriever(
+                pl_module.encoder, batch_size=self.batch_size, query_batch_size=self.batch_size,
+                precision=self.precision, device=str(pl_module.device), show_progress=self.show_progress,
+            )  # fmt: skip
+            _, k = parse_metric(self.metric)
+            results = evaluate_retriever(retriever, dev, ["dev"], [self.metric], top_k=max(k, 100))
+            value = results["dev"][self.metric]
+            log.info("step %d: dev %s %.4f (%.1fs)", trainer.global_step, self.metric, value,
+                     time.perf_counter() - start)  # fmt: skip
+        return float(trainer.strategy.broadcast(value, src=0))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == 0 or (self.history and self.history[-1][0] == step):
+            return
+        last = step >= trainer.estimated_stepping_batches or trainer.should_stop
+        if step % self.every_n_steps and not last:
+            return
+        value = self._evaluate(trainer, pl_module)
+        self.history.append((step, value))
+        # Straight to the loggers (not throttled by log_every_n_steps); self.log feeds ModelCheckpoint and the bar.
+        pl_module.log(self.monitor, torch.tensor(value), on_step=True, on_epoch=False, prog_bar=True, logger=False)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({self.monitor: value}, step=step)
+
+    def state_dict(self) -> dict:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = [tuple(x) for x in state_dict["history"]]

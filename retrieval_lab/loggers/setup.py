@@ -1,0 +1,53 @@
+"""Loggers from the ``logger`` config: each run logs its resolved config and ``hydra.runtime.choices``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger, WandbLogger
+
+
+def hydra_choices() -> dict[str, str]:
+    """``hydra.runtime.choices`` (which option of every group was picked); empty outside ``@hydra.main``."""
+    if not HydraConfig.initialized():
+        return {}
+    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items()}
+
+
+def sweep_group() -> str | None:
+    """Under ``-m``, the sweep folder's name, so the jobs of one sweep share a wandb group."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).name
+
+
+def instantiate_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
+    loggers: list[Logger] = []
+    for name, conf in (logger_cfg or {}).items():
+        if conf is None:
+            continue
+        extra = {"group": sweep_group()} if "group" in conf and conf.group is None else {}
+        logger = instantiate(conf, **extra)
+        if not isinstance(logger, Logger):
+            raise TypeError(f"logger.{name} instantiated a {type(logger).__name__}, not a Lightning Logger")
+        loggers.append(logger)
+    return loggers
+
+
+def log_run_config(loggers: list[Logger], cfg: DictConfig) -> None:
+    """The resolved config and the group choices, so a run can be reproduced from its logger alone."""
+    params = {"config": OmegaConf.to_container(cfg, resolve=True), "hydra_choices": hydra_choices()}
+    for logger in loggers:
+        logger.log_hyperparams(params)
+
+
+def finish_loggers(loggers: list[Logger], failed: bool = False) -> None:
+    """Close wandb runs (always, also after an error), so offline runs are complete on disk."""
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        wandb.finish(exit_code=1 if failed else 0)

@@ -1,0 +1,85 @@
+"""``task=train``: fit the configured model, then evaluate its best checkpoint exactly as ``task=evaluate`` does."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from retrieval_lab.callbacks.dev_eval import DevEvaluation
+from retrieval_lab.models.export import export_encoder
+from retrieval_lab.retrievers.dense import DenseRetriever
+from retrieval_lab.tasks.evaluate import check_eval_args, evaluate_retriever
+from retrieval_lab.train import FitResult, fit
+from retrieval_lab.utils.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def best_checkpoint(result: FitResult) -> str | None:
+    """The path the monitoring ModelCheckpoint kept (best dev metric), if any."""
+    for cb in result.callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path:
+            return cb.best_model_path
+    return None
+
+
+def load_weights(result: FitResult, path: str) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    result.model.load_state_dict(state)
+
+
+def training_summary(result: FitResult, best: str | None, seconds: float) -> dict:
+    dev = next((cb for cb in result.callbacks if isinstance(cb, DevEvaluation)), None)
+    summary = {"steps": result.trainer.global_step, "fit_seconds": round(seconds, 1), "best_checkpoint": best}
+    if dev is not None and dev.history:
+        step, value = max(dev.history, key=lambda sv: sv[1])
+        summary.update({"dev_metric": dev.metric, "best_dev_value": value, "best_dev_step": step})
+    return summary
+
+
+def evaluate_best(cfg: DictConfig, result: FitResult, splits, metrics, top_k: int, export: bool, start: float):
+    """On rank 0: load the best checkpoint, rank every split with the trained encoder, write the outputs."""
+    if not result.trainer.is_global_zero:
+        return {}
+    seconds = time.perf_counter() - start
+    best = best_checkpoint(result)
+    if best:
+        load_weights(result, best)
+    else:
+        log.warning("no best checkpoint (no dev evaluation ran): evaluating the final weights")
+    output_dir = Path(cfg.paths.output_dir)
+    dataset = result.datamodule.dataset
+    missing = [s for s in splits if s not in dataset.qrels]
+    if missing:
+        raise ValueError(f"task.splits {missing} not in dataset {dataset.name!r} (has {sorted(dataset.qrels)})")
+    retriever: DenseRetriever = instantiate(cfg.retriever, encoder=result.model.encoder)
+    results: dict = evaluate_retriever(retriever, dataset, splits, metrics, top_k, output_dir)
+    results["train"] = training_summary(result, best, seconds)
+    for logger in result.loggers:
+        logger.log_metrics({f"{s}/{k}": v for s in splits for k, v in results[s].items()}, result.trainer.global_step)
+        logger.save()  # Lightning already finalized the loggers at the end of fit
+    if export:
+        results["train"]["export"] = export_encoder(result.model.encoder, output_dir / "export")
+    write_json(output_dir / "metrics.json", results)
+    return results
+
+
+def run(cfg: DictConfig, splits: Sequence[str], metrics: Sequence[str], top_k: int, export: bool = True) -> dict:
+    """Entry for ``task=train``; resumes from ``cfg.ckpt_path`` when set."""
+    check_eval_args(splits, metrics, top_k)
+    if not issubclass(get_class(cfg.retriever._target_), DenseRetriever):
+        raise ValueError(f"task=train evaluates the trained encoder: use retriever=dense, not {cfg.retriever._target_}")
+    start = time.perf_counter()
+    _, results = fit(
+        cfg,
+        ckpt_path=cfg.get("ckpt_path"),
+        then=lambda result: evaluate_best(cfg, result, splits, metrics, top_k, export, start),
+    )
+    return results

@@ -1,0 +1,104 @@
+"""Training examples, a resumable epoch-seeded sampler and the tokenizing collator.
+
+Everything random about an example (which positive, which negatives) is drawn from a ``random.Random``
+seeded by (seed, epoch, example index), and the order of an epoch from (seed, epoch). A run resumed from a
+checkpoint therefore sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from torch.utils.data import Dataset, Sampler
+
+from retrieval_lab.data.beir import Document
+from retrieval_lab.models.base import Batch, Encoder
+from retrieval_lab.negatives.base import NegativeSampler
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    qid: str
+    positives: tuple[str, ...]
+
+
+class TrainingExamples(Dataset):
+    """Indexed by ``(epoch, i)`` keys from ``EpochShuffleSampler``; returns the texts of one training example."""
+
+    def __init__(
+        self,
+        examples: list[TrainingExample],
+        queries: dict[str, str],
+        corpus: dict[str, Document],
+        negatives: NegativeSampler,
+        seed: int,
+    ) -> None:
+        self.examples, self.queries, self.corpus = examples, queries, corpus
+        self.negatives, self.seed = negatives, seed
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        example = self.examples[index]
+        rng = random.Random(f"{self.seed}:{epoch}:{index}")
+        positive = rng.choice(example.positives)
+        negative_ids = self.negatives.sample(example.qid, set(example.positives), rng)
+        return {
+            "query": self.queries[example.qid],
+            "positive": self.corpus[positive].full_text(),
+            "negatives": [self.corpus[d].full_text() for d in negative_ids],
+        }
+
+
+class EpochShuffleSampler(Sampler):
+    """Yields ``(epoch, index)`` keys: a (seed, epoch) permutation cut into whole global batches, this rank's
+    share of each. ``set_epoch`` is called by Lightning at every epoch start; ``skip_batches`` drops the
+    batches a resumed run already trained on (once, for the epoch it resumes in).
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.num_batches = num_examples // (batch_size * world_size)
+        if self.num_batches < 1:
+            raise ValueError(
+                f"{num_examples} training examples do not fill one global batch of {batch_size} x {world_size} "
+                "ranks: lower datamodule.batch_size"
+            )
+        self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self._skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip_batches(self, n: int) -> None:
+        self._skip = n % self.num_batches
+
+    def __iter__(self):
+        order = list(range(self.num_examples))
+        random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
+        skip, self._skip = self._skip, 0
+        for b in range(skip, self.num_batches):
+            start = (b * self.world_size + self.rank) * self.batch_size
+            yield from ((self.epoch, i) for i in order[start : start + self.batch_size])
+
+    def __len__(self) -> int:
+        return self.num_batches * self.batch_size
+
+
+class TrainingCollator:
+    """Tokenizes with the encoder's contract (max lengths, prefixes). Documents come as the B positives
+    (row i belongs to query i) followed by each query's negatives, the layout the objectives expect.
+    """
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.tokenize_queries, self.tokenize_docs = encoder.tokenize_queries, encoder.tokenize_docs
+
+    def __call__(self, items: list[dict]) -> dict[str, Batch]:
+        docs = [it["positive"] for it in items] + [text for it in items for text in it["negatives"]]
+        return {
+            "queries": dict(self.tokenize_queries([it["query"] for it in items])),  # (B, Lq)
+            "docs": dict(self.tokenize_docs(docs)),  # (B * (1 + n), Ld)
+        }

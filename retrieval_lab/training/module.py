@@ -1,0 +1,92 @@
+"""``RetrievalModule``: an Encoder trained with an objective, AdamW with linear warm-up then linear decay."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from retrieval_lab.models.base import Batch, Encoder
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops before the bad step updates any weight."""
+
+
+def warmup_linear_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor: 0 -> 1 over ``warmup_steps``, then 1 -> 0 at ``total_steps``.
+
+    >>> f = warmup_linear_decay(2, 6)
+    >>> [round(f(s), 2) for s in range(7)]
+    [0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.0]
+    """
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+class RetrievalModule(pl.LightningModule):
+    """Encodes a batch's queries and documents, hands the vectors to the objective, steps AdamW.
+
+    ``optimizer`` is a partial (``torch.optim.AdamW`` with its lr and weight decay). Weight decay skips
+    biases and LayerNorm weights, as BERT fine-tuning does. The global RNG is re-seeded from
+    (seed, step, rank) before every step, so dropout masks do not depend on whether the run was resumed.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        objective: nn.Module,
+        optimizer: Callable,
+        warmup_ratio: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0 <= warmup_ratio < 1:
+            raise ValueError(f"module.warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        self.save_hyperparameters(ignore=["encoder", "objective", "optimizer"])
+        self.encoder, self.objective, self.optimizer_factory = encoder, objective, optimizer
+        self.warmup_ratio, self.seed = warmup_ratio, seed
+        self.train()  # from_pretrained returns eval-mode modules; Lightning keeps modes, and dropout is wanted
+
+    def forward(self, batch: dict[str, Batch]) -> torch.Tensor:
+        q = self.encoder.encode_queries(batch["queries"])  # (B, d)
+        d = self.encoder.encode_docs(batch["docs"])  # (B * (1 + n), d)
+        return self.objective(q, d, self.encoder.score)  # ()
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        torch.manual_seed(zlib.crc32(f"{self.seed}:{self.global_step}:{self.global_rank}".encode()))
+
+    def training_step(self, batch: dict[str, Batch], batch_idx: int) -> torch.Tensor:
+        loss = self(batch)
+        bad = not bool(torch.isfinite(loss))
+        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            saved = [cb.last_model_path for cb in self.trainer.checkpoint_callbacks if cb.last_model_path]
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at step {self.global_step}: stopping before this step updates "
+                f"the weights. Last good checkpoint: {saved[0] if saved else 'none saved yet'}. "
+                "Try a lower optimizer lr, a larger objective.temperature or trainer.gradient_clip_val."
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["queries"]["input_ids"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
+        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total < 1:
+            raise ValueError("set trainer.max_steps or trainer.max_epochs: the schedule needs a finite length")
+        schedule = warmup_linear_decay(int(self.warmup_ratio * total), int(total))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

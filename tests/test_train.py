@@ -1,0 +1,159 @@
+"""task=train end to end on a tiny model: outputs, checkpoints, resume after SIGKILL, NaN, bad values, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import retrieval_lab.objectives.infonce as infonce
+from retrieval_lab.train import train
+from retrieval_lab.training.module import NonFiniteLossError
+from tests.conftest import FAST_TRAIN_OVERRIDES
+
+REPO = Path(__file__).resolve().parents[1]
+# A learning rate that moves a tiny random model within a few steps, so dev metrics change between evaluations.
+LEARNS = ["module.optimizer.lr=1e-3"]
+
+
+def test_train_writes_metrics_checkpoints_and_logs(compose_cfg, train_data, tmp_path):
+    cfg = compose_cfg([*FAST_TRAIN_OVERRIDES, *LEARNS, "task.export=true"], data_root=train_data)
+    metrics = train(cfg)
+    out = tmp_path / "out"
+    assert (out / "export" / "sentence-transformers" / "modules.json").exists()
+    assert (out / "export" / "hf" / "config.json").exists()
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert 0.0 <= metrics["test"]["ndcg@10"] <= 1.0 and metrics["train"]["steps"] == 8  # 16 queries / 4, 2 epochs
+    best = Path(metrics["train"]["best_checkpoint"])
+    assert best.exists() and (out / "checkpoints" / "last.ckpt").exists()
+    assert f"best-step{metrics['train']['best_dev_step']}" == best.stem
+    assert {line.split()[0] for line in (out / "run.test.trec").read_text().splitlines()} == {
+        "tq20", "tq21", "tq22", "tq23"}  # fmt: skip
+    logged = (out / "csv" / "version_0" / "metrics.csv").read_text()
+    assert "train/loss" in logged and "dev/ndcg@10" in logged and "test/ndcg@10" in logged
+    assert "hydra_choices" in (out / "csv" / "version_0" / "hparams.yaml").read_text()
+
+
+def test_best_checkpoint_is_the_best_dev_evaluation(compose_cfg, train_data):
+    cfg = compose_cfg([*FAST_TRAIN_OVERRIDES, *LEARNS, "callbacks.dev_eval.every_n_steps=1"], data_root=train_data)
+    summary = train(cfg)["train"]
+    state = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert state["global_step"] == summary["best_dev_step"]
+    assert "optimizer_states" not in state  # weights only: it serves the test evaluation and the export
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["objective.temperature=-0.1"], "temperature must be > 0"),
+        (["negatives=bm25", "negatives.num_negatives=5", "negatives.top_k=3"], "larger than negatives.top_k"),
+        (["datamodule.batch_size=0"], "batch_size must be >= 1"),
+        (["module.warmup_ratio=1.5"], "warmup_ratio"),
+        (["retriever=bm25"], "use retriever=dense"),
+        (["task.top_k=5"], "task.top_k is 5"),
+    ],
+)
+def test_invalid_values_are_refused_before_data_is_loaded(compose_cfg, monkeypatch, overrides, message):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data was loaded before the config was checked")
+
+    monkeypatch.setattr("retrieval_lab.data.beir.load_beir", no_loading)
+    cfg = compose_cfg([*FAST_TRAIN_OVERRIDES, *overrides])
+    with pytest.raises(ValueError, match=message):
+        train(cfg)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
+    compose_cfg, train_data, tmp_path, monkeypatch
+):
+    calls = {"n": 0}
+    real_loss = infonce.infonce_loss
+
+    def loss_that_turns_nan(scores, labels, temperature):
+        calls["n"] += 1
+        loss = real_loss(scores, labels, temperature)
+        return loss * float("nan") if calls["n"] >= 4 else loss  # the 4th step (global_step 3) goes NaN
+
+    monkeypatch.setattr(infonce, "infonce_loss", loss_that_turns_nan)
+    cfg = compose_cfg([*FAST_TRAIN_OVERRIDES, *LEARNS], data_root=train_data)
+    last = tmp_path / "out" / "checkpoints" / "last.ckpt"
+    with pytest.raises(NonFiniteLossError, match=rf"loss is nan at step 3.*Last good checkpoint: {last}"):
+        train(cfg)
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def _cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "retrieval_lab", *args], cwd=REPO, env=env, **kwargs)
+
+
+def _cli_overrides(data_root: Path, run_dir: Path) -> list[str]:
+    return [
+        "data=beir", "data.name=tiny", f"paths.data_root={data_root}", f"hydra.run.dir={run_dir}",
+        *FAST_TRAIN_OVERRIDES, *LEARNS, "trainer.max_epochs=3", "callbacks.dev_eval.every_n_steps=3",
+    ]  # fmt: skip
+
+
+def test_sigkilled_run_resumes_to_the_same_dev_metric(compose_cfg, train_data, tmp_path):
+    # 16 queries / batch 4 = 4 steps an epoch; last.ckpt at steps 3, 6, 9; killed after step 7, so the
+    # resumed run restarts mid-epoch (step 6 of 12) and must replay exactly the remaining batches.
+    run_dir = tmp_path / "killed"
+    killed = _cli([*_cli_overrides(train_data, run_dir), "+callbacks.kill._target_=tests.helpers.SigkillAtStep",
+                   "+callbacks.kill.step=7"], capture_output=True, text=True)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 6
+    resumed = _cli([*_cli_overrides(train_data, run_dir), f"ckpt_path={last}"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after_resume = json.loads((run_dir / "metrics.json").read_text())
+
+    cfg = compose_cfg([*FAST_TRAIN_OVERRIDES, *LEARNS, "trainer.max_epochs=3", "callbacks.dev_eval.every_n_steps=3"],
+                      data_root=train_data)  # fmt: skip
+    uninterrupted = train(cfg)
+    assert after_resume["train"]["steps"] == uninterrupted["train"]["steps"] == 12
+    assert math.isclose(after_resume["train"]["best_dev_value"], uninterrupted["train"]["best_dev_value"], abs_tol=2e-3)
+    assert math.isclose(after_resume["test"]["ndcg@10"], uninterrupted["test"]["ndcg@10"], abs_tol=2e-3)
+
+
+def test_ddp_two_cpu_processes(train_data, tmp_path):
+    run_dir = tmp_path / "ddp"
+    done = _cli([*_cli_overrides(train_data, run_dir), "trainer=ddp", "trainer.max_epochs=2"],
+                capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 4  # 16 queries / (batch 4 x 2 ranks) = 2 steps an epoch
+    assert 0.0 <= metrics["test"]["ndcg@10"] <= 1.0
+
+
+def test_bf16_mixed_precision_trains_on_cpu(compose_cfg, train_data):
+    cfg = compose_cfg([*FAST_TRAIN_OVERRIDES, "trainer.precision=bf16-mixed", "trainer.max_epochs=1"],
+                      data_root=train_data)  # fmt: skip
+    metrics = train(cfg)
+    assert metrics["train"]["steps"] == 4 and 0.0 <= metrics["test"]["ndcg@10"] <= 1.0
+
+
+def test_wandb_offline_run_logs_config_and_finishes(compose_cfg, train_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    overrides = [o for o in FAST_TRAIN_OVERRIDES if o != "logger=csv"] + ["trainer.max_epochs=1"]
+    cfg = compose_cfg(overrides, data_root=train_data)
+    assert cfg.logger.wandb.mode == "offline"
+    train(cfg)
+    runs = list((tmp_path / "out" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    import wandb
+
+    assert wandb.run is None  # finished
+    record = next(runs[0].glob("run-*.wandb")).read_bytes()  # offline runs keep config and history here
+    for logged in (b"hydra_choices", b"temperature", b"train/loss", b"dev/ndcg@10", b"test/ndcg@10"):
+        assert logged in record, logged
