@@ -14,11 +14,11 @@ import torch
 from retrieval_lab.data.beir import RetrievalDataset, load_beir
 
 
-def load_scifact() -> RetrievalDataset:
+def load_scifact(splits: list[str] | None = None) -> RetrievalDataset:
     root = os.environ.get("RETRIEVAL_LAB_DATA")
     if not root:
         sys.exit("Set RETRIEVAL_LAB_DATA to the folder holding beir/scifact (e.g. ../shared/data).")
-    return load_beir("scifact", Path(root), splits=["test"])
+    return load_beir("scifact", Path(root), splits=splits or ["test"])
 
 
 def timed(fn, *args, **kwargs):
