@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import tempfile
 import time
 
 import pytorch_lightning as pl
@@ -125,7 +126,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precisions", default="fp32,bf16-mixed")
     parser.add_argument("--force-bf16", action="store_true")
-    parser.add_argument("--out", default="/tmp/retrieval_lab_bench_st")
     args = parser.parse_args()
     total = args.steps + args.warmup
     pairs = scifact_pairs(total * args.batch_size)
@@ -136,7 +136,8 @@ def main() -> None:
             print(f"skipping {precision}: this CPU has no native bf16 (no AMX / AVX512-BF16); --force-bf16 runs it")
             continue
         lab = run_lab(pairs, args.batch_size, total, "bf16-mixed" if bf16 else "32-true")[args.warmup :]
-        st = run_st(pairs, args.batch_size, total, bf16, args.out)[args.warmup :]
+        with tempfile.TemporaryDirectory() as out_dir:
+            st = run_st(pairs, args.batch_size, total, bf16, out_dir)[args.warmup :]
         lab_sps, st_sps = len(lab) / sum(lab), len(st) / sum(st)
         tag = "bf16" if bf16 else "fp32"
         result.update({f"lab_{tag}_steps_per_s": round(lab_sps, 4), f"st_{tag}_steps_per_s": round(st_sps, 4),
