@@ -31,6 +31,8 @@ def instantiate_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
         if conf is None:
             continue
         extra = {"group": sweep_group()} if "group" in conf and conf.group is None else {}
+        if "tags" in conf and conf.tags is None:  # wandb: tag the run with the option picked in every group
+            extra["tags"] = [f"{k}={v}"[:64] for k, v in hydra_choices().items() if v != "None"]
         logger = instantiate(conf, **extra)
         if not isinstance(logger, Logger):
             raise TypeError(f"logger.{name} instantiated a {type(logger).__name__}, not a Lightning Logger")
