@@ -22,7 +22,7 @@ def sweep_group() -> str | None:
     """Under ``-m``, the sweep folder's name, so the jobs of one sweep share a wandb group."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    return Path(HydraConfig.get().sweep.dir).name
+    return "/".join(Path(HydraConfig.get().sweep.dir).parts[-2:])  # <date>/<time> by default
 
 
 def instantiate_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
@@ -32,7 +32,8 @@ def instantiate_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
             continue
         extra = {"group": sweep_group()} if "group" in conf and conf.group is None else {}
         if "tags" in conf and conf.tags is None:  # wandb: tag the run with the option picked in every group
-            extra["tags"] = [f"{k}={v}"[:64] for k, v in hydra_choices().items() if v != "None"]
+            choices = hydra_choices().items()
+            extra["tags"] = [f"{k}={v}"[:64] for k, v in choices if v != "None" and not k.startswith("hydra/")]
         logger = instantiate(conf, **extra)
         if not isinstance(logger, Logger):
             raise TypeError(f"logger.{name} instantiated a {type(logger).__name__}, not a Lightning Logger")
