@@ -1,0 +1,4 @@
+from retrieval_lab.report.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""``python -m retrieval_lab.report`` over fake multirun folders written by the tests (no training)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from itertools import product
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import yaml
+
+from retrieval_lab.report import ReportError, build_report
+from retrieval_lab.report.cli import main
+from retrieval_lab.report.figure import draw
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EXPERIMENT = "experiment=dpr_scifact_negatives"
+
+
+def write_job(root: Path, num: int, overrides: list[str], metrics: dict | None, log: str = "") -> Path:
+    """One Hydra job folder as a multirun writes it; ``metrics=None`` is a job that failed."""
+    job = root / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    choices = {"task": "train", "data": "scifact", "model": "biencoder", "negatives": "bm25", "experiment": "null"}
+    config = {"data": {"name": "scifact"}, "model": {"pooling": "mean"}, "trainer": {"lr": 5e-5}}
+    for text in overrides:
+        key, _, value = text.partition("=")
+        if key in choices:
+            choices[key] = value
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (job / "train.log").write_text(log)
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps({"test": metrics, "train": {"steps": 40}}))
+    return job
+
+
+# negatives x model.pooling; the (bm25, cls) job failed
+GRID = {
+    ("in_batch", "mean"): {"ndcg@10": 0.61, "mrr@10": 0.57, "recall@100": 0.91},
+    ("in_batch", "cls"): {"ndcg@10": 0.59, "mrr@10": 0.55, "recall@100": 0.90},
+    ("bm25", "mean"): {"ndcg@10": 0.69, "mrr@10": 0.64, "recall@100": 0.95},
+    ("bm25", "cls"): None,
+}
+FAILED_LOG = "[2026-11-22 08:00:00,000][retrieval_lab.train][ERROR] - CUDA out of memory\n"
+
+
+@pytest.fixture
+def grid_sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "sweep"
+    for num, (negatives, pooling) in enumerate(product(["in_batch", "bm25"], ["mean", "cls"])):
+        overrides = [f"negatives={negatives}", f"model.pooling={pooling}", EXPERIMENT]
+        metrics = GRID[(negatives, pooling)]
+        write_job(root, num, overrides, metrics, log="" if metrics else FAILED_LOG)
+    (root / "multirun.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    return root
+
+
+@pytest.fixture
+def lr_sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "lr_sweep"
+    for num, (lr, ndcg) in enumerate([("1e-4", 0.66), ("1e-5", 0.62), ("3e-5", 0.68)]):
+        write_job(root, num, [f"trainer.lr={lr}", EXPERIMENT], {"ndcg@10": ndcg, "recall@100": 0.9})
+    return root
+
+
+def read_png(path: Path):
+    assert path.stat().st_size > 0 and path.read_bytes()[:8] == PNG_MAGIC
+    return matplotlib.image.imread(path)
+
+
+def test_two_swept_parameters_give_one_row_per_job(grid_sweep: Path, capsys):
+    assert main([str(grid_sweep), "--metrics", "ndcg@10,recall@100"]) == 0
+    with (grid_sweep / "report.csv").open() as f:
+        reader = csv.DictReader(f)
+        table = list(reader)
+    assert reader.fieldnames == ["job", "negatives", "model.pooling", "status", "ndcg@10", "recall@100", "note"]
+    assert [(r["job"], r["negatives"], r["model.pooling"], r["status"]) for r in table] == [
+        ("0", "in_batch", "mean", "ok"),
+        ("1", "in_batch", "cls", "ok"),
+        ("2", "bm25", "mean", "ok"),
+        ("3", "bm25", "cls", "failed"),
+    ]
+    assert [float(r["ndcg@10"]) for r in table[:3]] == [0.61, 0.59, 0.69]
+    assert table[3]["ndcg@10"] == table[3]["recall@100"] == ""
+    assert table[3]["note"] == "CUDA out of memory"
+
+    md = (grid_sweep / "report.md").read_text()
+    assert "`experiment=dpr_scifact_negatives`" in md and "scifact" in md  # constant override in the caption
+    header, rule, *body = [line for line in md.splitlines() if line.startswith("|")]
+    assert header == "| job | negatives | model.pooling | status | ndcg@10 | recall@100 | note |"
+    assert len(body) == 4 and rule.count("---") == 7
+    assert body[2].startswith("| 2 | bm25 | mean | ok | **0.690** | **0.950** |")
+    assert body[3] == "| 3 | bm25 | cls | failed | – | – | CUDA out of memory |"
+    assert "| job | negatives" in capsys.readouterr().out
+
+    image = read_png(grid_sweep / "report.png")
+    assert image.shape[0] > 300 and image.shape[1] > 600
+    assert not list(grid_sweep.glob(".report*"))  # no temporary files left behind
+
+
+def test_categorical_figure_is_bars_with_legend_and_titles(grid_sweep: Path):
+    report = build_report([grid_sweep], ["ndcg@10", "recall@100"])
+    fig = draw(report)
+    axes = fig.axes
+    assert len(axes) == 4  # 2 metrics x 2 swept overrides
+    for ax in axes:
+        assert "scifact" in ax.get_title() and ax.get_xlabel() in ("negatives", "model.pooling")
+        assert len(ax.patches) == 3  # three finished jobs, one bar each
+        assert [t.get_text() for t in ax.texts if t.get_text() == "failed"] == ["failed"]
+        assert len(ax.get_legend().get_texts()) == 2
+    assert axes[0].get_title().startswith("ndcg@10") and axes[2].get_title().startswith("recall@100")
+    assert "failed (not plotted): 3" in fig.get_suptitle()
+
+
+def test_numeric_sweep_is_a_line_over_sorted_values(lr_sweep: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    assert main([str(lr_sweep), "--metrics", "ndcg@10", "--out", str(out)]) == 0
+    report = build_report([lr_sweep], ["ndcg@10"])
+    assert report.swept == ["trainer.lr"] and report.constant == {"experiment": "dpr_scifact_negatives"}
+    assert report.is_numeric("trainer.lr") and report.levels("trainer.lr") == ["1e-5", "3e-5", "1e-4"]
+    (ax,) = draw(report).axes
+    (line,) = ax.get_lines()
+    assert list(line.get_xdata()) == [1e-5, 3e-5, 1e-4] and list(line.get_ydata()) == [0.62, 0.68, 0.66]
+    assert ax.get_legend() is None  # a single series
+    read_png(out / "report.png")
+    assert (out / "report.md").exists() and not (lr_sweep / "report.md").exists()
+
+
+def test_baseline_run_next_to_a_sweep_takes_its_values_from_its_config(grid_sweep: Path, tmp_path: Path):
+    baseline = write_job(tmp_path / "runs", 0, [], {"ndcg@10": 0.64, "mrr@10": 0.6, "recall@100": 0.92})
+    report = build_report([grid_sweep, baseline], ["ndcg@10"])
+    assert report.jobs[-1].label == "0" and report.jobs[0].label == "sweep/0"
+    assert report.swept == ["negatives", "model.pooling", "experiment"]
+    assert [report.jobs[-1].value(k) for k in report.swept] == ["bm25", "mean", "null"]
+
+
+def test_unknown_metric_or_folder_is_a_clear_error(grid_sweep: Path, tmp_path: Path):
+    with pytest.raises(ReportError, match=r"\['ndcg@20'\] not in the 'test' results \(available: \['ndcg@10'"):
+        build_report([grid_sweep], ["ndcg@20"])
+    with pytest.raises(ReportError, match="no Hydra job folders"):
+        build_report([tmp_path], ["ndcg@10"])
+    with pytest.raises(SystemExit):
+        main([str(grid_sweep), "--split", "dev"])
