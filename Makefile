@@ -24,6 +24,7 @@ format:  ## apply ruff fixes and formatting
 	$(PYTHON) -m ruff check --fix retrieval_lab tests benchmarks
 	$(PYTHON) -m ruff format retrieval_lab tests benchmarks
 
-bench:  ## the benchmarks (minutes; print tables and a JSON line each)
+bench:  ## the benchmarks (minutes; print tables and a JSON line each; train_step needs pip install -e ".[bench]")
 	RETRIEVAL_LAB_DATA=$${RETRIEVAL_LAB_DATA:-$(DATA)} $(PYTHON) benchmarks/bm25.py
 	RETRIEVAL_LAB_DATA=$${RETRIEVAL_LAB_DATA:-$(DATA)} $(PYTHON) benchmarks/encode.py
+	RETRIEVAL_LAB_DATA=$${RETRIEVAL_LAB_DATA:-$(DATA)} $(PYTHON) benchmarks/train_step.py
