@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from retrieval_lab.index.base import VectorIndex
+from retrieval_lab.utils.io import atomic_dir
 
 
 class FaissIndex(VectorIndex):
@@ -52,22 +52,11 @@ class FaissIndex(VectorIndex):
 
     def save(self, folder: str | Path) -> None:
         """Write to ``folder`` atomically: a temporary sibling is filled, then renamed into place."""
-        folder = Path(folder)
-        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index, str(tmp / "index.faiss"))
-        meta = {"dim": self.dim, "factory": self.factory, "nprobe": self.nprobe, "ef_search": self.ef_search}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        (tmp / "ids.json").write_text(json.dumps(self.ids))
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            folder.rename(old)
-            tmp.rename(folder)
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
-        else:
-            tmp.rename(folder)
+        with atomic_dir(folder) as tmp:
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            meta = {"dim": self.dim, "factory": self.factory, "nprobe": self.nprobe, "ef_search": self.ef_search}
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            (tmp / "ids.json").write_text(json.dumps(self.ids))
 
     @classmethod
     def load(cls, folder: str | Path) -> FaissIndex:

@@ -1,8 +1,8 @@
 """Export a trained BiEncoder to a plain Hugging Face folder and a sentence-transformers folder.
 
 The sentence-transformers layout is written directly (``modules.json``, a Pooling, optional Dense and
-Normalize module), so exporting needs no sentence-transformers install; ``tests/test_export.py`` loads the
-result with sentence-transformers and checks it gives the lab's vectors.
+Normalize module), so exporting needs no sentence-transformers install; ``tests/test_training_pieces.py``
+loads the result with sentence-transformers and checks it gives the lab's vectors.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from retrieval_lab.models.biencoder import BiEncoder
+from retrieval_lab.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,18 @@ def save_sentence_transformers(encoder: BiEncoder, folder: Path) -> Path:
 
 
 def export_encoder(encoder: BiEncoder, folder: str | Path) -> dict[str, str]:
-    """Writes ``folder/hf`` and, for a shared tower, ``folder/sentence-transformers``; returns what it wrote."""
+    """Writes ``folder/hf`` and, for a shared tower, ``folder/sentence-transformers``; returns what it wrote.
+
+    Each folder is filled under a temporary name and renamed into place, so no export is ever half-written.
+    """
     folder = Path(folder)
     written = {"hf": str(folder / "hf")}
-    save_hf(encoder, folder / "hf")
+    with atomic_dir(folder / "hf") as tmp:
+        save_hf(encoder, tmp)
     if encoder.query_tower is encoder.doc_tower:
-        written["sentence-transformers"] = str(save_sentence_transformers(encoder, folder / "sentence-transformers"))
+        with atomic_dir(folder / "sentence-transformers") as tmp:
+            save_sentence_transformers(encoder, tmp)
+        written["sentence-transformers"] = str(folder / "sentence-transformers")
     else:
         log.warning("separate query and document towers: exported Hugging Face folders only")
     log.info("Exported the encoder to %s", written)
