@@ -76,6 +76,8 @@ def fit(
     model = make(cfg.module)(encoder=encoder, objective=objective)
     datamodule.bind_encoder(encoder)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    if cfg.get("index_refresh") is not None:
+        callbacks.append(make(cfg.index_refresh))
     loggers = instantiate_loggers(cfg.get("logger"))
     failed = True
     try:

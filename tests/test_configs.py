@@ -18,7 +18,7 @@ from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_MODEL_OVERRIDES
 CONF = Path(retrieval_lab.__file__).parent / "conf"
 GROUPS = (
     "task", "data", "retriever", "model", "paths", "objective", "negatives",
-    "datamodule", "module", "callbacks", "logger", "trainer", "experiment",
+    "datamodule", "module", "callbacks", "index_refresh", "logger", "trainer", "experiment",
 )  # fmt: skip
 
 

@@ -1,0 +1,91 @@
+"""ANN negative mining: encode the corpus with the current weights, index it, take each query's top-k.
+
+The index refresh calls ``mine_ann_negatives`` and publishes its ``negatives`` as the next table version.
+Encoding goes through ``encode_texts`` (the lab's one encoding path) and search through ``FaissIndex``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from retrieval_lab.data.beir import Document
+from retrieval_lab.index.encode import encode_texts
+from retrieval_lab.index.faiss_index import FaissIndex
+from retrieval_lab.models.base import Encoder
+
+
+@dataclass
+class MinedNegatives:
+    negatives: dict[str, list[str]]  # query id -> top-k document ids, best first, positives removed
+    positive_ranks: list[int]  # 1-based rank of every (query, positive) pair over the whole corpus
+    seconds: dict[str, float] = field(default_factory=dict)  # encode, index, mine
+
+    @property
+    def positive_mean_rank(self) -> float:
+        return float(np.mean(self.positive_ranks)) if self.positive_ranks else float("nan")
+
+
+def positive_ranks(
+    query_vectors: np.ndarray, doc_vectors: np.ndarray, qids: list[str], doc_ids: list[str], positives, chunk=256
+) -> list[int]:
+    """Exact 1-based rank of each positive among all documents (ties counted in its favour).
+
+    >>> q, d = np.array([[1.0, 0.0]]), np.array([[0.9, 0.0], [0.1, 0.0], [0.5, 0.0]])
+    >>> positive_ranks(q, d, ["q"], ["a", "b", "c"], {"q": {"b", "c"}})
+    [3, 2]
+    """
+    row = {did: i for i, did in enumerate(doc_ids)}
+    ranks: list[int] = []
+    for start in range(0, len(qids), chunk):
+        scores = query_vectors[start : start + chunk] @ doc_vectors.T  # (c, N)
+        for i, qid in enumerate(qids[start : start + chunk]):
+            for did in sorted(positives[qid]):
+                if did in row:
+                    ranks.append(int((scores[i] > scores[i, row[did]]).sum()) + 1)
+    return ranks
+
+
+def table_overlap(a: dict[str, list[str]], b: dict[str, list[str]]) -> float:
+    """Mean over the queries of ``a`` (that ``b`` also has) of the share of ``a``'s ids that ``b`` lists too.
+
+    >>> table_overlap({"q1": ["d1", "d2"], "q2": ["d3"]}, {"q1": ["d2", "d9"], "q2": ["d3"]})
+    0.75
+    """
+    shares = [len(set(ids) & set(b[q])) / len(ids) for q, ids in a.items() if ids and q in b]
+    return float(np.mean(shares)) if shares else float("nan")
+
+
+def mine_ann_negatives(
+    encoder: Encoder,
+    corpus: dict[str, Document],
+    queries: dict[str, str],
+    positives: dict[str, set[str]],
+    top_k: int,
+    batch_size: int = 64,
+    query_batch_size: int = 256,
+    precision: str = "auto",
+    index_factory: str = "Flat",
+    device: str | torch.device | None = None,
+    show_progress: bool = False,
+) -> MinedNegatives:
+    """Each query's ``top_k`` documents under ``encoder`` (positives excluded) and the ranks of its positives."""
+    encode_args = {"precision": precision, "show_progress": show_progress, "device": device}
+    start = time.perf_counter()
+    doc_ids, qids = list(corpus), list(queries)
+    doc_vectors = encode_texts(encoder, [corpus[d].full_text() for d in doc_ids], "docs", batch_size, **encode_args)
+    query_vectors = encode_texts(encoder, [queries[q] for q in qids], "queries", query_batch_size, **encode_args)
+    encoded = time.perf_counter()
+    index = FaissIndex(doc_vectors.shape[1], index_factory)
+    index.add(doc_vectors, doc_ids)
+    indexed = time.perf_counter()
+    depth = top_k + max(len(positives[q]) for q in qids)  # room for the positives that are dropped
+    _, ranked = index.search(query_vectors, depth)
+    negatives = {q: [d for d in row if d not in positives[q]][:top_k] for q, row in zip(qids, ranked, strict=True)}
+    ranks = positive_ranks(query_vectors, doc_vectors, qids, doc_ids, positives)
+    mined = time.perf_counter()
+    seconds = {"encode": encoded - start, "index": indexed - encoded, "mine": mined - indexed}
+    return MinedNegatives(negatives, ranks, seconds)

@@ -1,0 +1,312 @@
+"""ANCE: the versioned negatives table, the ANN sampler and the synchronous index refresh, on a tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import pytorch_lightning as pl
+from omegaconf import OmegaConf
+
+import retrieval_lab
+from retrieval_lab.callbacks.index_refresh import SyncIndexRefresh
+from retrieval_lab.data.beir import Document
+from retrieval_lab.negatives import table as tables
+from retrieval_lab.negatives.ance import AnnNegatives
+from retrieval_lab.negatives.base import NegativeSampler
+from retrieval_lab.negatives.random import RandomNegatives
+from retrieval_lab.train import fit, make
+from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_CORPUS, TRAIN_QRELS
+
+CONF = Path(retrieval_lab.__file__).parent / "conf"
+# 16 training queries in batches of 4: 4 steps an epoch, 8 in all; refreshes after steps 2, 4 and 6 (none after
+# the last). top_k 3 of 24 documents, so a table is a real choice, not the whole corpus.
+ANCE = [o for o in FAST_TRAIN_OVERRIDES if not o.startswith("negatives=")] + [
+    "module.optimizer.lr=1e-3",
+    "negatives=ance",
+    "negatives.top_k=3",
+    "negatives.poll_seconds=0",
+    "negatives.warmup.show_progress=false",
+    "index_refresh=sync",
+    "index_refresh.every_n_steps=2",
+]
+
+
+class FailAtStep(pl.Callback):
+    """Stops a run with an error right after optimizer step ``step``, before any later checkpoint."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"stopped at step {self.step}")
+
+
+def _train_positives() -> dict[str, set[str]]:
+    return {q: set(docs) for q, docs in TRAIN_QRELS["train"].items()}
+
+
+def _spy_on_draws(monkeypatch) -> list[tuple[int | None, str, list[str]]]:
+    """Record (table version in use, query, negatives) for every example the data pipeline builds."""
+    drawn: list = []
+    real = AnnNegatives.sample
+
+    def spy(self, qid, positives, rng):
+        out = real(self, qid, positives, rng)
+        drawn.append((self.version, qid, out))
+        return out
+
+    monkeypatch.setattr(AnnNegatives, "sample", spy)
+    return drawn
+
+
+def _refresh_callback(result) -> SyncIndexRefresh:
+    return next(cb for cb in result.callbacks if isinstance(cb, SyncIndexRefresh))
+
+
+# --- the table ----------------------------------------------------------------------------------------------
+
+
+def test_publish_load_latest_and_versions_only_grow(tmp_path):
+    folder = tmp_path / "tables"
+    assert tables.load_latest(folder) is None and tables.latest_version(folder) is None
+    tables.publish(folder, 1, {"q1": ["d2", "d3"]}, {"step": 10})
+    tables.publish(folder, 2, {"q1": ["d3"]}, {"step": 20})
+    latest = tables.load_latest(folder)
+    assert (latest.version, latest.negatives, latest.meta) == (2, {"q1": ["d3"]}, {"step": 20})
+    assert tables.load(folder, 1).negatives == {"q1": ["d2", "d3"]}
+    with pytest.raises(ValueError, match="not newer than the latest"):
+        tables.publish(folder, 2, {"q1": ["d9"]})
+    assert sorted(p.name for p in folder.iterdir()) == ["LATEST", "table-v00001.json", "table-v00002.json"]
+
+    assert tables.prune(folder, 1) == [2]
+    assert tables.load_latest(folder).version == 1 and not tables.table_path(folder, 2).exists()
+    tables.publish(folder, 2, {"q1": ["d4"]})  # a resumed run publishes the next version again
+    assert tables.prune(folder, 0) == [1, 2] and tables.load_latest(folder) is None
+
+
+def _poll(folder: Path, num_queries: int, stop: threading.Event) -> tuple[set[int], list[str]]:
+    """Read the latest table until ``stop``; returns the versions seen complete and every bad read."""
+    seen, bad = set(), []
+    while not stop.is_set():
+        try:
+            table = tables.load_latest(folder)
+        except (ValueError, OSError) as err:  # JSONDecodeError is a ValueError
+            bad.append(repr(err)[:80])
+            continue
+        if table is None:
+            continue
+        if len(table.negatives) != num_queries or table.meta["version"] != table.version:
+            bad.append(f"version {table.version}: {len(table.negatives)} queries")
+        seen.add(table.version)
+    return seen, bad
+
+
+def _reader_while(write, folder: Path, num_queries: int) -> tuple[set[int], list[str]]:
+    stop, out = threading.Event(), {}
+
+    def read() -> None:
+        out["seen"], out["bad"] = _poll(folder, num_queries, stop)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        write()
+    finally:
+        time.sleep(0.05)
+        stop.set()
+        reader.join()
+    return out["seen"], out["bad"]
+
+
+def _big_table(version: int, num_queries: int) -> dict[str, list[str]]:
+    return {f"q{i}": [f"doc-{version}-{i}-{j}" for j in range(200)] for i in range(num_queries)}
+
+
+def test_table_is_never_read_half_written(tmp_path):
+    folder, n = tmp_path / "tables", 2000  # ~5 MB a table: each write takes long enough to be caught mid-way
+
+    def publish_many():
+        for v in range(1, 9):
+            tables.publish(folder, v, _big_table(v, n), {"version": v})
+
+    seen, bad = _reader_while(publish_many, folder, n)
+    assert not bad, bad[:3]
+    assert len(seen) >= 2 and max(seen) == 8  # the reader really ran alongside the writer
+
+
+def test_the_reader_catches_a_table_written_in_place(tmp_path):
+    """Control for the test above: a writer that writes the final file in place is caught mid-write."""
+    folder, n = tmp_path / "tables", 2000
+
+    def write_in_place():
+        folder.mkdir()
+        for v in range(1, 4):
+            text = json.dumps({"version": v, "meta": {"version": v}, "negatives": _big_table(v, n)})
+            with tables.table_path(folder, v).open("w") as handle:
+                (folder / tables.LATEST).write_text(f"{v}\n")
+                for start in range(0, len(text), len(text) // 10):
+                    handle.write(text[start : start + len(text) // 10])
+                    handle.flush()
+                    time.sleep(0.01)
+
+    _, bad = _reader_while(write_in_place, folder, n)
+    assert bad
+
+
+# --- the sampler --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["negatives.num_negatives=5", "negatives.top_k=3"], r"negatives.num_negatives \(5\) is larger"),
+        (["negatives.num_negatives=0"], "negatives.num_negatives must be >= 1"),
+        (["negatives.top_k=0"], "negatives.top_k must be >= 1"),
+        (["negatives.poll_seconds=-1"], "negatives.poll_seconds"),
+        (["negatives.warmup.num_negatives=2"], r"negatives.warmup.num_negatives \(2\) must equal"),
+        (["index_refresh.every_n_steps=0"], "index_refresh.every_n_steps must be >= 1 or null"),
+        (["index_refresh.top_k=0"], "index_refresh.top_k must be >= 1"),
+        (["index_refresh.precision=fp16"], "index_refresh.precision must be one of"),
+    ],
+)  # fmt: skip
+def test_bad_values_are_refused_at_construction(compose_cfg, overrides, message):
+    cfg = compose_cfg(["negatives=ance", "index_refresh=sync", *overrides])
+    with pytest.raises(ValueError, match=message):
+        make(cfg.negatives)
+        make(cfg.index_refresh)
+
+
+def test_sampler_warms_up_then_follows_the_newest_table(tmp_path, monkeypatch):
+    corpus = {d: Document(title, text) for d, (title, text) in TINY_CORPUS.items()}
+    queries, positives = {"q1": "aspirin heart attack"}, {"q1": {"d1"}}
+    folder = tmp_path / "tables"
+    sampler = AnnNegatives(folder, warmup=RandomNegatives(2), num_negatives=2, top_k=3, poll_seconds=60)
+    sampler.prepare(corpus, queries, positives)
+    warmup_alone = RandomNegatives(2)
+    warmup_alone.prepare(corpus, queries, positives)
+    warm = sampler.sample("q1", {"d1"}, random.Random(0))
+    assert sampler.version is None and warm == warmup_alone.sample("q1", {"d1"}, random.Random(0))
+
+    tables.publish(folder, 1, {"q1": ["d5", "d6", "d4", "d3"]})
+    clock = [time.monotonic()]
+    monkeypatch.setattr("retrieval_lab.negatives.ance.time.monotonic", lambda: clock[0])
+    sampler.reload()
+    for seed in range(20):  # only the top 3 of the table, never a positive even if a table held one
+        picked = sampler.sample("q1", {"d1", "d6"}, random.Random(seed))
+        assert len(picked) == 2 and set(picked) <= {"d5", "d4"}
+    tables.publish(folder, 2, {"q1": ["d2", "d3", "d4"]})
+    assert set(sampler.sample("q1", {"d1"}, random.Random(0))) <= {"d5", "d6", "d4"}  # checked < 60 s ago
+    clock[0] += 61
+    assert set(sampler.sample("q1", {"d1"}, random.Random(0))) <= {"d2", "d3", "d4"} and sampler.version == 2
+
+
+# --- the refresh ----------------------------------------------------------------------------------------------
+
+
+def test_refresh_publishes_new_tables_that_training_reads_and_that_hold_no_positive(
+    compose_cfg, train_data, tmp_path, monkeypatch
+):
+    drawn = _spy_on_draws(monkeypatch)
+    result, _ = fit(compose_cfg(ANCE, data_root=train_data))
+    out, positives = tmp_path / "out", _train_positives()
+    folder = out / "ance_tables"
+    refresh = _refresh_callback(result)
+    assert [(r["step"], r["version"]) for r in refresh.history] == [(2, 1), (4, 2), (6, 3)]
+    assert tables.latest_version(folder) == 3
+
+    train_qids = {ex.qid for ex in result.datamodule.train_data.examples}
+    published = {v: tables.load(folder, v).negatives for v in (1, 2, 3)}
+    for version, negatives in published.items():
+        assert set(negatives) == train_qids
+        for qid, ids in negatives.items():
+            assert len(ids) == 3 and not set(ids) & positives[qid], (version, qid, ids)
+    warmup = result.datamodule.negatives.warmup.candidates
+    assert any(published[1][q] != warmup[q][:3] for q in train_qids)  # the model's ranking is not BM25's
+    assert any(published[3][q] != published[1][q] for q in train_qids)  # and it moves as the model learns
+
+    # The data pipeline switched to each new table and drew only from it.
+    versions_used = [v for v, _, _ in drawn]
+    assert versions_used[0] is None and {1, 2, 3} <= set(versions_used)
+    assert versions_used == sorted(versions_used, key=lambda v: -1 if v is None else v)
+    for version, qid, ids in drawn:
+        pool = warmup[qid] if version is None else published[version][qid]
+        assert set(ids) <= set(pool) and not set(ids) & positives[qid]
+
+    rows = list(csv.DictReader((out / "csv" / "version_0" / "metrics.csv").open()))
+    logged = [r for r in rows if r.get("index_refresh/version")]
+    assert [int(float(r["index_refresh/version"])) for r in logged] == [1, 2, 3]
+    for key in ("encode_s", "index_s", "mine_s", "positive_mean_rank", "positives_in_top_k", "bm25_overlap"):
+        assert all(r[f"index_refresh/{key}"] != "" for r in logged), key
+    assert 1 <= float(logged[0]["index_refresh/positive_mean_rank"]) <= 24
+
+
+def test_schedule_state_round_trips():
+    before = SyncIndexRefresh("unused", every_n_steps=5)
+    before.version, before.last_step, before.history = 2, 10, [{"step": 5, "version": 1}, {"step": 10, "version": 2}]
+    after = SyncIndexRefresh("unused", every_n_steps=5)
+    after.load_state_dict(json.loads(json.dumps(before.state_dict())))
+    assert (after.version, after.last_step, after.history) == (2, 10, before.history)
+
+    refreshed = []
+
+    def refresh(trainer, pl_module):
+        refreshed.append(trainer.global_step)
+        after.last_step = trainer.global_step
+
+    after.refresh = refresh
+    for step in (10, 10, 11, 14, 15, 15, 20):  # a repeated step (gradient accumulation) refreshes once
+        after.on_train_batch_end(SimpleNamespace(global_step=step, estimated_stepping_batches=20), None, None, None, 0)
+    assert refreshed == [15]  # not the resumed step 10 again, and not after the last step (20)
+
+
+def test_resumed_run_continues_the_refresh_schedule(compose_cfg, train_data, tmp_path, monkeypatch):
+    # last.ckpt every 3 steps; refreshes after steps 2 and 4; stopped after step 5. The checkpoint (step 3)
+    # knows table 1 only, so the resumed run drops table 2, trains on table 1 and publishes 2 and 3 itself.
+    overrides = [*ANCE, "callbacks.last_checkpoint.every_n_train_steps=3"]
+    stopped = [*overrides, "+callbacks.stop._target_=tests.test_ance.FailAtStep", "+callbacks.stop.step=5"]
+    with pytest.raises(RuntimeError, match="stopped at step 5"):
+        fit(compose_cfg(stopped, data_root=train_data))
+    folder, last = tmp_path / "out" / "ance_tables", tmp_path / "out" / "checkpoints" / "last.ckpt"
+    assert tables.latest_version(folder) == 2
+    first_table_2 = tables.load(folder, 2)
+
+    drawn = _spy_on_draws(monkeypatch)
+    result, _ = fit(compose_cfg(overrides, data_root=train_data), ckpt_path=str(last))
+    refresh = _refresh_callback(result)
+    assert result.trainer.global_step == 8
+    assert [(r["step"], r["version"]) for r in refresh.history] == [(2, 1), (4, 2), (6, 3)]
+    assert drawn[0][0] == 1  # the resumed run starts on the table its checkpoint knew
+    assert tables.latest_version(folder) == 3
+    assert tables.load(folder, 2).meta["step"] == 4 and tables.load(folder, 2).negatives != first_table_2.negatives
+
+
+# --- configs --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONF / "index_refresh").glob("*.yaml")))
+def test_index_refresh_options_instantiate(compose_cfg, option):
+    cfg = compose_cfg([f"index_refresh={option}", "negatives=ance"])
+    callback = make(cfg.index_refresh)
+    sampler = make(cfg.negatives)
+    assert isinstance(callback, pl.Callback) and isinstance(sampler, NegativeSampler)
+    assert callback.table_dir == sampler.table_dir and callback.top_k == sampler.top_k
+
+
+def test_index_refresh_is_off_by_default(compose_cfg):
+    assert compose_cfg([]).get("index_refresh") is None
+
+
+def test_refresh_interval_sweep_is_one_multirun(compose_cfg):
+    sweep = OmegaConf.load(CONF / "experiment" / "ance_scifact_refresh.yaml")
+    assert sweep.hydra.mode == "MULTIRUN"
+    assert sweep.hydra.sweeper.params["index_refresh.every_n_steps"].split(",")[0] == "null"
+    cfg = compose_cfg(["experiment=ance_scifact"])
+    assert cfg.negatives._target_.endswith("AnnNegatives") and cfg.index_refresh.every_n_steps >= 1
