@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,15 +34,6 @@ def table_path(folder: str | Path, version: int) -> Path:
     return Path(folder) / f"table-v{version:05d}.json"
 
 
-def _write_durably(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def latest_version(folder: str | Path) -> int | None:
     """The version ``LATEST`` names, or None where nothing was published yet."""
     try:
@@ -62,7 +52,7 @@ def publish(folder: str | Path, version: int, negatives: dict[str, list[str]], m
     if version < 1 or (current is not None and version <= current):
         raise ValueError(f"negatives table version {version} is not newer than the latest ({current}) in {folder}")
     path = table_path(folder, version)
-    _write_durably(path, json.dumps({"version": version, "meta": meta or {}, "negatives": negatives}))
+    atomic_write_text(path, json.dumps({"version": version, "meta": meta or {}, "negatives": negatives}), durable=True)
     atomic_write_text(folder / LATEST, f"{version}\n")
     return path
 
