@@ -18,7 +18,7 @@ from retrieval_lab.models.export import export_encoder
 from retrieval_lab.negatives.bm25 import BM25Negatives
 from retrieval_lab.negatives.random import RandomNegatives
 from retrieval_lab.objectives.infonce import InfoNCE
-from retrieval_lab.training.data import EpochShuffleSampler
+from retrieval_lab.training.data import EpochShuffleSampler, TrainingCollator
 from tests.conftest import TINY_BERT, TRAIN_CORPUS
 
 
@@ -94,6 +94,18 @@ def test_random_negatives_never_return_a_positive():
     for _ in range(50):
         picked = sampler.sample("a", {"t0", "t1"}, rng)
         assert len(set(picked)) == 3 and not {"t0", "t1"} & set(picked)
+
+
+def test_collator_can_train_on_shorter_texts_than_the_model_encodes():
+    encoder = BiEncoder(config_overrides=TINY_BERT, query_max_length=12, doc_max_length=24)
+    long = " ".join(["word"] * 100)
+    items = [{"query": long, "positive": long, "negatives": [long]}] * 2
+    full = TrainingCollator(encoder)(items)
+    short = TrainingCollator(encoder, query_max_length=6, doc_max_length=10)(items)
+    assert full["queries"]["input_ids"].shape == (2, 12) and full["docs"]["input_ids"].shape == (4, 24)
+    assert short["queries"]["input_ids"].shape == (2, 6) and short["docs"]["input_ids"].shape == (4, 10)
+    assert encoder.tokenize_docs([long])["input_ids"].shape == (1, 24)  # inference keeps the model's length
+    assert short["docs"]["input_ids"][0, -1] == encoder.tokenizer.sep_token_id  # cut, not just sliced
 
 
 def test_sampler_is_epoch_seeded_resumable_and_sharded():

@@ -23,10 +23,12 @@ class Encoder(nn.Module, ABC):
     doc_max_length: int
 
     @abstractmethod
-    def tokenize_queries(self, texts: Sequence[str], padding: bool = True) -> Batch: ...
+    def tokenize_queries(self, texts: Sequence[str], padding: bool = True, max_length: int | None = None) -> Batch:
+        """``max_length`` (default ``query_max_length``) lets training cut shorter than inference."""
 
     @abstractmethod
-    def tokenize_docs(self, texts: Sequence[str], padding: bool = True) -> Batch: ...
+    def tokenize_docs(self, texts: Sequence[str], padding: bool = True, max_length: int | None = None) -> Batch:
+        """``max_length`` (default ``doc_max_length``) lets training cut shorter than inference."""
 
     @abstractmethod
     def encode_queries(self, batch: Batch) -> torch.Tensor: ...

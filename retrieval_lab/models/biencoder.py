@@ -86,11 +86,11 @@ class BiEncoder(Encoder):
             return_token_type_ids=False,
         )
 
-    def tokenize_queries(self, texts: Sequence[str], padding: bool = True) -> Batch:
-        return self._tokenize(texts, self.query_prefix, self.query_max_length, padding)
+    def tokenize_queries(self, texts: Sequence[str], padding: bool = True, max_length: int | None = None) -> Batch:
+        return self._tokenize(texts, self.query_prefix, max_length or self.query_max_length, padding)
 
-    def tokenize_docs(self, texts: Sequence[str], padding: bool = True) -> Batch:
-        return self._tokenize(texts, self.doc_prefix, self.doc_max_length, padding)
+    def tokenize_docs(self, texts: Sequence[str], padding: bool = True, max_length: int | None = None) -> Batch:
+        return self._tokenize(texts, self.doc_prefix, max_length or self.doc_max_length, padding)
 
     def _embed(self, tower: nn.Module, batch: Batch) -> torch.Tensor:
         mask = batch["attention_mask"]

@@ -60,8 +60,15 @@ class RetrievalDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         show_progress: bool = True,
+        train_query_max_length: int | None = None,
+        train_doc_max_length: int | None = None,
     ) -> None:
         super().__init__()
+        for key, value in (("train_query_max_length", train_query_max_length),
+                           ("train_doc_max_length", train_doc_max_length)):  # fmt: skip
+            if value is not None and value < 2:
+                raise ValueError(f"datamodule.{key} must be at least 2 or null, got {value}")
+        self.train_lengths = {"query_max_length": train_query_max_length, "doc_max_length": train_doc_max_length}
         for key, value in (("batch_size", batch_size), ("dev_size", dev_size), ("dev_pool_top_k", dev_pool_top_k)):
             if value < 1:
                 raise ValueError(f"datamodule.{key} must be >= 1, got {value}")
@@ -75,8 +82,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.collator: TrainingCollator | None = None
 
     def bind_encoder(self, encoder: Encoder) -> None:
-        """Batches are tokenized with the encoder's own contract (max lengths, prefixes)."""
-        self.collator = TrainingCollator(encoder)
+        """Batches are tokenized with the encoder's contract (prefixes; max lengths unless train_* set them)."""
+        self.collator = TrainingCollator(encoder, **self.train_lengths)
 
     def _split_dev(self, train_qrels: dict, dataset: RetrievalDataset) -> tuple[dict, dict]:
         if self.dev_split in dataset.qrels:
