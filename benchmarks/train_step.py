@@ -24,7 +24,7 @@ from common import load_scifact, machine, print_json, print_table
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.losses import MultipleNegativesRankingLoss
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, SequentialSampler
 from transformers import TrainerCallback
 
 from retrieval_lab.index.encode import has_fast_bf16
@@ -33,6 +33,11 @@ from retrieval_lab.models.biencoder import BiEncoder
 from retrieval_lab.objectives.infonce import InfoNCE
 from retrieval_lab.training.data import TrainingCollator
 from retrieval_lab.training.module import RetrievalModule
+
+try:
+    from sentence_transformers.base.sampler import DefaultBatchSampler
+except ImportError:  # sentence-transformers < 6
+    from sentence_transformers.sampler import DefaultBatchSampler
 
 MAX_LENGTH, LR, TEMPERATURE = 256, 2e-5, 0.05
 
@@ -100,6 +105,14 @@ def run_lab(pairs, batch_size: int, steps: int, precision: str) -> list[float]:
     return times.times
 
 
+class InOrderBatchSampler(DefaultBatchSampler):
+    """sentence-transformers' batches in dataset order, so both trainers see the very same batches (its default
+    shuffles, and batches of other lengths would cost other times)."""
+
+    def __init__(self, dataset, batch_size: int, drop_last: bool, **kwargs) -> None:
+        super().__init__(SequentialSampler(dataset), batch_size=batch_size, drop_last=drop_last, **kwargs)
+
+
 def run_st(pairs, batch_size: int, steps: int, bf16: bool, out_dir: str) -> list[float]:
     torch.manual_seed(0)
     model = SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2"), device="cpu")
@@ -109,6 +122,7 @@ def run_st(pairs, batch_size: int, steps: int, bf16: bool, out_dir: str) -> list
         output_dir=out_dir, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=LR,
         lr_scheduler_type="constant", warmup_steps=0, bf16=bf16, use_cpu=True, report_to="none",
         save_strategy="no", logging_steps=10_000, dataloader_drop_last=True, seed=0,
+        batch_sampler=InOrderBatchSampler,
     )  # fmt: skip
     times = StepTimes()
     loss = MultipleNegativesRankingLoss(model, scale=1 / TEMPERATURE)
