@@ -58,6 +58,9 @@ def test_best_checkpoint_is_the_best_dev_evaluation(compose_cfg, train_data):
         (["module.warmup_ratio=1.5"], "warmup_ratio"),
         (["retriever=bm25"], "use retriever=dense"),
         (["task.top_k=5"], "task.top_k is 5"),
+        (["datamodule.train_doc_max_length=1"], "datamodule.train_doc_max_length must be at least 2"),
+        (["negatives=ance", "index_refresh=async", "index_refresh.max_staleness=-1"], "max_staleness"),
+        (["negatives=ance", "index_refresh=async", "index_refresh.device=gpu7"], "index_refresh.device"),
     ],
 )
 def test_invalid_values_are_refused_before_data_is_loaded(compose_cfg, monkeypatch, overrides, message):

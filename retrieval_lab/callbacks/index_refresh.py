@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
+import os
+import time
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 
 from retrieval_lab.index.encode import PRECISIONS, encode_texts
 from retrieval_lab.index.faiss_index import FaissIndex
+from retrieval_lab.negatives import inferencer
 from retrieval_lab.negatives import table as tables
 from retrieval_lab.negatives.ance import AnnNegatives
 from retrieval_lab.negatives.bm25 import BM25Negatives
-from retrieval_lab.negatives.mining import mine_ann_negatives, table_overlap
+from retrieval_lab.negatives.mining import encode_corpus, mine_ann_negatives, table_overlap
 
 log = logging.getLogger(__name__)
 
 
 class SyncIndexRefresh(pl.Callback):
-    """Every ``every_n_steps`` optimizer steps (never when None) training pauses while rank 0 encodes the corpus
-    with the current weights, indexes it, mines the training queries' ``top_k`` (positives removed) and
-    publishes them as the next table version in ``table_dir``, which ``negatives=ance`` reads. Other ranks wait
-    at the broadcast of the result. No refresh runs after the last step, where nothing would use it. The one
-    batch Lightning has already prefetched when a refresh ends still carries the previous table's negatives.
+    """Every ``every_n_steps`` optimizer steps (never when None) training pauses while the corpus is encoded
+    with the current weights, indexed, the training queries' ``top_k`` mined (positives removed) and published
+    as the next table version in ``table_dir``, which ``negatives=ance`` reads. Under DDP every rank encodes a
+    shard of the corpus, rank 0 gathers the vectors, mines once and broadcasts the result. No refresh runs
+    after the last step, where nothing would use it. The one batch Lightning has already prefetched when a
+    refresh ends still carries the previous table's negatives.
 
     Logged per refresh under ``index_refresh/``: the version, seconds to encode / index / mine, the mean rank
     of the positives over the whole corpus and the share ranked within ``top_k``, the overlap of the new
@@ -61,7 +68,7 @@ class SyncIndexRefresh(pl.Callback):
         self.history: list[dict] = []
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        sampler = trainer.datamodule.negatives
+        sampler = self._sampler = trainer.datamodule.negatives
         if isinstance(sampler, AnnNegatives):
             if sampler.table_dir.resolve() != self.table_dir.resolve():
                 raise ValueError(
@@ -98,8 +105,10 @@ class SyncIndexRefresh(pl.Callback):
         """Mine and publish the next version now; returns what it logged."""
         step, record = trainer.global_step, {}
         sampler = trainer.datamodule.negatives
+        doc_vectors, shard_s = self._encode_shards(trainer, pl_module)
         if trainer.is_global_zero:
-            record = self._mine_and_publish(step, pl_module, sampler)
+            sharded = None if doc_vectors is None else (doc_vectors, shard_s, trainer.world_size)
+            record = self._mine_and_publish(step, pl_module, sampler, sharded)
             for logger in trainer.loggers:
                 logger.log_metrics({f"index_refresh/{k}": v for k, v in record.items() if k != "step"}, step=step)
         record = trainer.strategy.broadcast(record, src=0)  # the other ranks wait here while rank 0 mines
@@ -109,21 +118,51 @@ class SyncIndexRefresh(pl.Callback):
             sampler.reload()
         return record
 
-    def _mine_and_publish(self, step: int, pl_module: pl.LightningModule, sampler) -> dict:
+    def _encode_shards(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[np.ndarray | None, float]:
+        """Under DDP every rank encodes every ``world_size``-th document and rank 0 gathers the vectors (in
+        corpus order); with one process the corpus is encoded inside ``mine_ann_negatives``."""
+        world, rank = trainer.world_size, trainer.global_rank
+        if world == 1:
+            return None, 0.0
+        start = time.perf_counter()
+        doc_ids = list(self.corpus)
+        args = {k: self.mine_args[k] for k in ("precision", "show_progress")}
+        shard = encode_corpus(pl_module.encoder, self.corpus, doc_ids[rank::world], self.mine_args["batch_size"],
+                              device=pl_module.device, **args)  # fmt: skip
+        shards = [None] * world if rank == 0 else None
+        torch.distributed.gather_object(shard, shards, dst=0)
+        if rank != 0:
+            return None, 0.0
+        vectors = np.empty((len(doc_ids), shard.shape[1]), dtype=shard.dtype)
+        for r, part in enumerate(shards):
+            vectors[r::world] = part
+        return vectors, time.perf_counter() - start
+
+    def _mine_and_publish(self, step: int, pl_module: pl.LightningModule, sampler, sharded=None) -> dict:
+        """``sharded``: (gathered document vectors, seconds the ranks took to encode them, number of ranks)."""
+        doc_vectors, shard_s, ranks = sharded or (None, 0.0, 1)
         mined = mine_ann_negatives(pl_module.encoder, self.corpus, self.queries, self.positives, self.top_k,
-                                   device=pl_module.device, **self.mine_args)  # fmt: skip
+                                   device=pl_module.device, doc_vectors=doc_vectors, **self.mine_args)  # fmt: skip
+        mined.seconds["encode"] += shard_s
         version = self.version + 1
         record = {"step": step, "version": version} | {f"{k}_s": round(v, 3) for k, v in mined.seconds.items()}
+        record["encode_ranks"] = ranks
         record["positive_mean_rank"] = mined.positive_mean_rank
         record["positives_in_top_k"] = sum(r <= self.top_k for r in mined.positive_ranks) / len(mined.positive_ranks)
-        bm25 = sampler if isinstance(sampler, BM25Negatives) else getattr(sampler, "warmup", None)
-        if isinstance(bm25, BM25Negatives):
-            record["bm25_overlap"] = table_overlap(mined.negatives, bm25.candidates)
-        if self.version:
-            previous = tables.load(self.table_dir, self.version).negatives
-            record["previous_overlap"] = table_overlap(mined.negatives, previous)
+        record |= self._overlaps(mined.negatives, sampler)
         tables.publish(self.table_dir, version, mined.negatives, meta=dict(record))
         log.info("index refresh at step %d: %s", step, record)
+        return record
+
+    def _overlaps(self, negatives: dict[str, list[str]], sampler) -> dict:
+        """Overlap of a new table with the BM25 negatives (where the sampler or its warm-up is BM25) and with
+        the table in use."""
+        record = {}
+        bm25 = sampler if isinstance(sampler, BM25Negatives) else getattr(sampler, "warmup", None)
+        if isinstance(bm25, BM25Negatives):
+            record["bm25_overlap"] = table_overlap(negatives, bm25.candidates)
+        if self.version:
+            record["previous_overlap"] = table_overlap(negatives, tables.load(self.table_dir, self.version).negatives)
         return record
 
     def state_dict(self) -> dict:
@@ -132,3 +171,184 @@ class SyncIndexRefresh(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.version, self.last_step = state_dict["version"], state_dict["last_step"]
         self.history = [dict(r) for r in state_dict["history"]]
+
+
+class AsyncIndexRefresh(SyncIndexRefresh):
+    """``index_refresh=async``: training never pauses to re-encode. Every ``every_n_steps`` optimizer steps,
+    rank 0 writes a snapshot of the encoder and starts an inferencer in a separate OS process
+    (``negatives/inferencer.py``) that encodes the corpus from it, indexes, mines and writes the next table.
+    At the first step boundary after the table is complete the trainer promotes it (``LATEST``) and the
+    sampler switches; staleness (steps between the snapshot and that switch) is logged with the refresh.
+
+    While an inferencer runs no second one starts: a refresh falling due meanwhile starts at the first step
+    boundary after it ends. ``max_staleness`` (steps) bounds how old the negatives in flight may get: past
+    it the trainer waits for the inferencer (null: never waits). If the inferencer fails or is killed, the
+    error is logged, training goes on with the table in use, and the next scheduled refresh tries again.
+
+    ``device``: where the inferencer encodes; null picks the trainer's device, or the last GPU where there
+    are several (so it does not share the trainer's). ``num_threads``: its CPU threads (null: torch's default).
+    """
+
+    def __init__(
+        self,
+        table_dir: str | Path,
+        every_n_steps: int | None = 20,
+        top_k: int = 200,
+        batch_size: int = 64,
+        query_batch_size: int = 256,
+        precision: str = "auto",
+        index_factory: str = "Flat",
+        show_progress: bool = False,
+        device: str | None = None,
+        num_threads: int | None = None,
+        max_staleness: int | None = None,
+    ) -> None:
+        super().__init__(table_dir, every_n_steps, top_k, batch_size, query_batch_size, precision, index_factory,
+                         show_progress)  # fmt: skip
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"index_refresh.num_threads must be >= 1 or null, got {num_threads}")
+        if max_staleness is not None and max_staleness < 0:
+            raise ValueError(f"index_refresh.max_staleness must be >= 0 or null, got {max_staleness}")
+        if device is not None:
+            try:
+                torch.device(device)
+            except RuntimeError as err:
+                raise ValueError(f"index_refresh.device: {err}") from None
+        self.device, self.num_threads, self.max_staleness = device, num_threads, max_staleness
+        self.work_dir = self.table_dir / "inferencer"
+        self.process: mp.process.BaseProcess | None = None
+        self.job: inferencer.InferencerJob | None = None
+        self.failures = 0
+
+    @property
+    def running(self) -> bool:
+        return self.job is not None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if trainer.is_global_zero:
+            inferencer.write_inputs(self.work_dir / "inputs.pkl", self.corpus, self.queries, self.positives)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        late = self.max_staleness is not None and self.running and step - self.job.step >= self.max_staleness
+        self._collect(trainer, wait=late)
+        if (
+            not self.running
+            and self.every_n_steps is not None
+            and step - self.last_step >= self.every_n_steps
+            and step < trainer.estimated_stepping_batches
+        ):
+            self._launch(trainer, pl_module)
+
+    def _inferencer_device(self, pl_module: pl.LightningModule) -> str:
+        if self.device is not None:
+            return self.device
+        if pl_module.device.type == "cuda" and torch.cuda.device_count() > 1:
+            return f"cuda:{torch.cuda.device_count() - 1}"
+        return str(pl_module.device)
+
+    def _launch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step, version = trainer.global_step, self.version + 1
+        self.last_step = step
+        self.job = inferencer.InferencerJob(
+            snapshot=str(self.work_dir / f"snapshot-step{step:06d}.pt"), inputs=str(self.work_dir / "inputs.pkl"),
+            table_dir=str(self.table_dir), version=version, step=step, top_k=self.top_k, mine_args=self.mine_args,
+            device=self._inferencer_device(pl_module), num_threads=self.num_threads, parent_pid=os.getpid(),
+        )  # fmt: skip
+        if not trainer.is_global_zero:
+            return  # only rank 0 runs the inferencer; the others learn the outcome from its broadcast
+        tables.prune(self.table_dir, self.version)  # what a failed attempt at this version may have left
+        self.job.status_path.unlink(missing_ok=True)
+        inferencer.write_snapshot(self.job.snapshot, pl_module.encoder)
+        self.process = mp.get_context("spawn").Process(target=inferencer.run_job, args=(self.job,), daemon=True)
+        self.process.start()
+        log.info("index refresh: inferencer started for version %d from the step-%d snapshot (pid %d)",
+                 version, step, self.process.pid)  # fmt: skip
+
+    def _collect(self, trainer: pl.Trainer, wait: bool = False) -> None:
+        """At a step boundary: if the inferencer has ended, switch to its table or log its failure."""
+        outcome = None
+        if trainer.is_global_zero and self.process is not None:
+            if wait and self.process.is_alive():
+                log.info("index refresh: waiting for the inferencer (max_staleness %s reached)", self.max_staleness)
+                self.process.join()
+            if not self.process.is_alive():
+                outcome = self._outcome()
+        outcome = trainer.strategy.broadcast(outcome, src=0)
+        if outcome is None:
+            return
+        step, self.job = trainer.global_step, None
+        if outcome["ok"]:
+            self._switch(trainer, outcome)
+        else:
+            self.failures += 1
+            in_use = self.version or "none (warm-up)"
+            log.error("index refresh: the inferencer for version %d (snapshot at step %d) failed: %s. Training "
+                      "goes on with negatives table %s; the next refresh tries again.",
+                      outcome["version"], outcome["step"], outcome["error"], in_use)  # fmt: skip
+            self._log(trainer, {"failures": self.failures}, step)
+
+    def _outcome(self) -> dict:
+        job, process = self.job, self.process
+        process.join()
+        self.process = None
+        Path(job.snapshot).unlink(missing_ok=True)
+        status = inferencer.read_status(job)
+        failed = {"ok": False, "version": job.version, "step": job.step}
+        if status is None or (status["ok"] and process.exitcode != 0):
+            status = failed | {"error": f"the inferencer process ended with exit code {process.exitcode}, no result"}
+        elif status["ok"] and not tables.table_path(job.table_dir, job.version).exists():
+            status = failed | {"error": "its table is missing"}
+        job.status_path.unlink(missing_ok=True)
+        if not status["ok"]:
+            return status
+        sampler = self._sampler
+        new = tables.load(job.table_dir, job.version).negatives
+        record = {"version": job.version, "snapshot_step": job.step}
+        record |= {f"{k}_s": v for k, v in status["seconds"].items()} | {"inferencer_total_s": status["total_s"]}
+        record |= {k: status[k] for k in ("positive_mean_rank", "positives_in_top_k")}
+        record |= self._overlaps(new, sampler)
+        tables.promote(job.table_dir, job.version)
+        return {"ok": True} | record
+
+    def _switch(self, trainer: pl.Trainer, outcome: dict) -> None:
+        step = trainer.global_step
+        record = {k: v for k, v in outcome.items() if k != "ok"} | {
+            "step": step,
+            "staleness": step - outcome["snapshot_step"],
+        }
+        self.version = record["version"]
+        self.history.append(record)
+        if isinstance(self._sampler, AnnNegatives):
+            self._sampler.reload()
+        log.info("index refresh at step %d: %s", step, record)
+        if trainer.is_global_zero:
+            self._log(trainer, {k: v for k, v in record.items() if k != "step"}, step)
+
+    @staticmethod
+    def _log(trainer: pl.Trainer, values: dict, step: int) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({f"index_refresh/{k}": v for k, v in values.items()}, step=step)
+
+    def stop(self) -> None:
+        """Stop a running inferencer (at the end of training, or on an error)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.join()
+            Path(self.job.snapshot).unlink(missing_ok=True)
+        self.process, self.job = None, None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.stop()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.stop()
+
+    def state_dict(self) -> dict:
+        return super().state_dict() | {"failures": self.failures}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.failures = state_dict.get("failures", 0)

@@ -59,6 +59,12 @@ def table_overlap(a: dict[str, list[str]], b: dict[str, list[str]]) -> float:
     return float(np.mean(shares)) if shares else float("nan")
 
 
+def encode_corpus(encoder: Encoder, corpus: dict[str, Document], doc_ids: list[str], batch_size: int = 64,
+                  **encode_args) -> np.ndarray:  # fmt: skip
+    """The documents ``doc_ids`` (a shard, or all of ``corpus``) as vectors, through the lab's one encoding path."""
+    return encode_texts(encoder, [corpus[d].full_text() for d in doc_ids], "docs", batch_size, **encode_args)
+
+
 def mine_ann_negatives(
     encoder: Encoder,
     corpus: dict[str, Document],
@@ -71,12 +77,20 @@ def mine_ann_negatives(
     index_factory: str = "Flat",
     device: str | torch.device | None = None,
     show_progress: bool = False,
+    doc_vectors: np.ndarray | None = None,
 ) -> MinedNegatives:
-    """Each query's ``top_k`` documents under ``encoder`` (positives excluded) and the ranks of its positives."""
+    """Each query's ``top_k`` documents under ``encoder`` (positives excluded) and the ranks of its positives.
+
+    ``doc_vectors`` (rows in ``corpus`` order) skips encoding the corpus: under DDP the ranks encode it in shards
+    and the one rank that mines passes the gathered vectors.
+    """
     encode_args = {"precision": precision, "show_progress": show_progress, "device": device}
     start = time.perf_counter()
     doc_ids, qids = list(corpus), list(queries)
-    doc_vectors = encode_texts(encoder, [corpus[d].full_text() for d in doc_ids], "docs", batch_size, **encode_args)
+    if doc_vectors is None:
+        doc_vectors = encode_corpus(encoder, corpus, doc_ids, batch_size, **encode_args)
+    if len(doc_vectors) != len(doc_ids):
+        raise ValueError(f"{len(doc_vectors)} document vectors for {len(doc_ids)} documents")
     query_vectors = encode_texts(encoder, [queries[q] for q in qids], "queries", query_batch_size, **encode_args)
     encoded = time.perf_counter()
     index = FaissIndex(doc_vectors.shape[1], index_factory)

@@ -42,9 +42,9 @@ def latest_version(folder: str | Path) -> int | None:
         return None
 
 
-def publish(folder: str | Path, version: int, negatives: dict[str, list[str]], meta: dict | None = None) -> Path:
-    """Write table ``version`` and make it the latest. Versions only grow: an older or equal one is refused,
-    so a late writer can never replace a newer table.
+def write(folder: str | Path, version: int, negatives: dict[str, list[str]], meta: dict | None = None) -> Path:
+    """Write table ``version`` without making it the latest (``promote`` does). Versions only grow: one not
+    newer than the latest is refused, so a late writer can never replace a newer table.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,7 +53,20 @@ def publish(folder: str | Path, version: int, negatives: dict[str, list[str]], m
         raise ValueError(f"negatives table version {version} is not newer than the latest ({current}) in {folder}")
     path = table_path(folder, version)
     atomic_write_text(path, json.dumps({"version": version, "meta": meta or {}, "negatives": negatives}), durable=True)
-    atomic_write_text(folder / LATEST, f"{version}\n")
+    return path
+
+
+def promote(folder: str | Path, version: int) -> None:
+    """Point ``LATEST`` at an already written table."""
+    if not table_path(folder, version).exists():
+        raise FileNotFoundError(f"cannot promote negatives table {version}: {table_path(folder, version)} is missing")
+    atomic_write_text(Path(folder) / LATEST, f"{version}\n")
+
+
+def publish(folder: str | Path, version: int, negatives: dict[str, list[str]], meta: dict | None = None) -> Path:
+    """Write table ``version`` and make it the latest."""
+    path = write(folder, version, negatives, meta)
+    promote(folder, version)
     return path
 
 

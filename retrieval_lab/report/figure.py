@@ -7,7 +7,6 @@ matplotlib's Agg canvas directly (no pyplot, no display needed) and written atom
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from retrieval_lab.report.collect import Report
+from retrieval_lab.utils.io import atomic_file
 
 JOB_AXIS = "job"  # the x axis when nothing is swept: one bar per job
 
@@ -132,12 +132,6 @@ def _suptitle(report: Report) -> str:
 
 def write_figure(report: Report, path: Path, dpi: int = 120) -> Path:
     """Draw and save as PNG: a temporary sibling first, then an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         draw(report).savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)

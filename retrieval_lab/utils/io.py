@@ -10,18 +10,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def atomic_write_text(path: str | Path, text: str, durable: bool = False) -> Path:
-    """Write ``text`` to a temporary sibling and rename it over ``path``; ``durable`` fsyncs before the rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write (by any means, e.g. ``torch.save``); on success it is renamed
+    over ``path``, on an error removed, leaving ``path`` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as handle:
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str | Path, text: str, durable: bool = False) -> Path:
+    """Write ``text`` to a temporary sibling and rename it over ``path``; ``durable`` fsyncs before the rename."""
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
         handle.write(text)
         if durable:
             handle.flush()
             os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def write_json(path: str | Path, obj) -> Path:
