@@ -6,12 +6,18 @@ import csv
 import json
 import logging
 
+import numpy as np
 import pytorch_lightning as pl
 
 from retrieval_lab.callbacks.index_refresh import AsyncIndexRefresh
+from retrieval_lab.data.beir import Document
+from retrieval_lab.index.encode import encode_texts
+from retrieval_lab.models.biencoder import BiEncoder
+from retrieval_lab.negatives.mining import encode_corpus
 from retrieval_lab.negatives import table as tables
 from retrieval_lab.train import fit
 from tests.test_ance import ANCE, _refresh_callback, _spy_on_draws, _train_positives
+from tests.conftest import TINY_BERT
 from tests.test_train import _cli
 
 # Inferencers start after steps 2, 4 and 6 (none after the last, 8); max_staleness 1 makes the trainer wait
@@ -102,3 +108,14 @@ def test_ddp_sync_refresh_encodes_in_shards_and_mines_once(train_data, tmp_path)
     assert table.meta["encode_ranks"] == 2 and table.meta["step"] == 2
     positives = _train_positives()
     assert all(len(ids) == 3 and not set(ids) & positives[q] for q, ids in table.negatives.items())
+
+
+def test_refresh_can_encode_documents_shorter_than_evaluation():
+    encoder = BiEncoder(config_overrides=TINY_BERT, doc_max_length=32)
+    corpus = {f"d{i}": Document("", " ".join(f"word{j}" for j in range(i, i + 40))) for i in range(3)}
+    short = encode_corpus(encoder, corpus, list(corpus), doc_max_length=6, show_progress=False)
+    full = encode_corpus(encoder, corpus, list(corpus), show_progress=False)
+    encoder.doc_max_length = 6
+    expected = encode_texts(encoder, [d.full_text() for d in corpus.values()], "docs", show_progress=False)
+    np.testing.assert_allclose(short, expected, atol=1e-6)
+    assert not np.allclose(short, full, atol=1e-3)

@@ -49,6 +49,7 @@ class SyncIndexRefresh(pl.Callback):
         precision: str = "auto",
         index_factory: str = "Flat",
         show_progress: bool = False,
+        doc_max_length: int | None = None,
     ) -> None:
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"index_refresh.every_n_steps must be >= 1 or null (never), got {every_n_steps}")
@@ -59,10 +60,12 @@ class SyncIndexRefresh(pl.Callback):
                 raise ValueError(f"index_refresh.{key} must be >= 1, got {value}")
         if precision not in PRECISIONS:
             raise ValueError(f"index_refresh.precision must be one of {PRECISIONS}, got {precision!r}")
+        if doc_max_length is not None and doc_max_length < 2:
+            raise ValueError(f"index_refresh.doc_max_length must be at least 2 or null, got {doc_max_length}")
         self.table_dir, self.every_n_steps, self.top_k = Path(table_dir), every_n_steps, top_k
         self.mine_args = {
             "batch_size": batch_size, "query_batch_size": query_batch_size, "precision": precision,
-            "index_factory": index_factory, "show_progress": show_progress,
+            "index_factory": index_factory, "show_progress": show_progress, "doc_max_length": doc_max_length,
         }  # fmt: skip
         self.version, self.last_step = 0, 0
         self.history: list[dict] = []
@@ -128,7 +131,7 @@ class SyncIndexRefresh(pl.Callback):
         doc_ids = list(self.corpus)
         args = {k: self.mine_args[k] for k in ("precision", "show_progress")}
         shard = encode_corpus(pl_module.encoder, self.corpus, doc_ids[rank::world], self.mine_args["batch_size"],
-                              device=pl_module.device, **args)  # fmt: skip
+                              self.mine_args["doc_max_length"], device=pl_module.device, **args)  # fmt: skip
         shards = [None] * world if rank == 0 else None
         torch.distributed.gather_object(shard, shards, dst=0)
         if rank != 0:
@@ -199,12 +202,13 @@ class AsyncIndexRefresh(SyncIndexRefresh):
         precision: str = "auto",
         index_factory: str = "Flat",
         show_progress: bool = False,
+        doc_max_length: int | None = None,
         device: str | None = None,
         num_threads: int | None = None,
         max_staleness: int | None = None,
     ) -> None:
         super().__init__(table_dir, every_n_steps, top_k, batch_size, query_batch_size, precision, index_factory,
-                         show_progress)  # fmt: skip
+                         show_progress, doc_max_length)  # fmt: skip
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"index_refresh.num_threads must be >= 1 or null, got {num_threads}")
         if max_staleness is not None and max_staleness < 0:

@@ -74,13 +74,14 @@ def encode_texts(
     precision: str = "auto",
     show_progress: bool = True,
     device: str | torch.device | None = None,
+    max_length: int | None = None,
 ) -> np.ndarray:
     """Encode ``texts`` as queries or documents; returns float32 vectors in the input order.
 
     Texts are tokenized once without padding, sorted by length and batched, so each batch pads only to its
     own longest member. ``precision`` is ``fp32``, ``bf16-autocast`` (autocast around the forward), ``bf16``
     (weights cast to bfloat16 for the call) or ``auto`` (``bf16`` where bf16 is native, else ``fp32``; see
-    ``benchmarks/encode.py``).
+    ``benchmarks/encode.py``). ``max_length`` cuts texts shorter than the encoder's own max length.
     """
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
@@ -91,7 +92,7 @@ def encode_texts(
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
     precision = resolve_precision(precision, device)
     tokenize = encoder.tokenize_queries if side == "queries" else encoder.tokenize_docs
-    ids = tokenize(list(texts), padding=False)["input_ids"]
+    ids = tokenize(list(texts), padding=False, max_length=max_length)["input_ids"]
     order = np.argsort([-len(x) for x in ids], kind="stable")
     was_training = encoder.training
     encoder.eval()

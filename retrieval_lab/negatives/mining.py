@@ -60,9 +60,11 @@ def table_overlap(a: dict[str, list[str]], b: dict[str, list[str]]) -> float:
 
 
 def encode_corpus(encoder: Encoder, corpus: dict[str, Document], doc_ids: list[str], batch_size: int = 64,
-                  **encode_args) -> np.ndarray:  # fmt: skip
-    """The documents ``doc_ids`` (a shard, or all of ``corpus``) as vectors, through the lab's one encoding path."""
-    return encode_texts(encoder, [corpus[d].full_text() for d in doc_ids], "docs", batch_size, **encode_args)
+                  doc_max_length: int | None = None, **encode_args) -> np.ndarray:  # fmt: skip
+    """The documents ``doc_ids`` (a shard, or all of ``corpus``) as vectors, through the lab's one encoding path;
+    ``doc_max_length`` (None: the encoder's) can cut them shorter than evaluation does, for a cheaper refresh."""
+    texts = [corpus[d].full_text() for d in doc_ids]
+    return encode_texts(encoder, texts, "docs", batch_size, max_length=doc_max_length, **encode_args)
 
 
 def mine_ann_negatives(
@@ -78,6 +80,7 @@ def mine_ann_negatives(
     device: str | torch.device | None = None,
     show_progress: bool = False,
     doc_vectors: np.ndarray | None = None,
+    doc_max_length: int | None = None,
 ) -> MinedNegatives:
     """Each query's ``top_k`` documents under ``encoder`` (positives excluded) and the ranks of its positives.
 
@@ -88,7 +91,7 @@ def mine_ann_negatives(
     start = time.perf_counter()
     doc_ids, qids = list(corpus), list(queries)
     if doc_vectors is None:
-        doc_vectors = encode_corpus(encoder, corpus, doc_ids, batch_size, **encode_args)
+        doc_vectors = encode_corpus(encoder, corpus, doc_ids, batch_size, doc_max_length, **encode_args)
     if len(doc_vectors) != len(doc_ids):
         raise ValueError(f"{len(doc_vectors)} document vectors for {len(doc_ids)} documents")
     query_vectors = encode_texts(encoder, [queries[q] for q in qids], "queries", query_batch_size, **encode_args)
