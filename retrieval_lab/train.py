@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from retrieval_lab.loggers.setup import finish_loggers, instantiate_loggers, log_run_config
+from retrieval_lab.pretrain.stage import init_encoder
 from retrieval_lab.training.datamodule import RetrievalDataModule
 from retrieval_lab.training.module import RetrievalModule
 from retrieval_lab.utils.io import atomic_write_text
@@ -73,6 +74,7 @@ def fit(
     datamodule = make(cfg.datamodule)(dataset=instantiate(cfg.data, _partial_=True), negatives=negatives)
     objective = make(cfg.objective)
     encoder = make(cfg.model)
+    init_encoder(cfg, encoder)  # init_from, or the (cached) pre-training stage of pretrain_task
     model = make(cfg.module)(encoder=encoder, objective=objective)
     datamodule.bind_encoder(encoder)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))

@@ -18,7 +18,7 @@ from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_MODEL_OVERRIDES
 CONF = Path(retrieval_lab.__file__).parent / "conf"
 GROUPS = (
     "task", "data", "retriever", "model", "paths", "objective", "negatives",
-    "datamodule", "module", "callbacks", "index_refresh", "logger", "trainer", "experiment",
+    "datamodule", "module", "callbacks", "index_refresh", "logger", "trainer", "experiment", "pretrain_task",
 )  # fmt: skip
 
 
@@ -48,7 +48,10 @@ def test_data_options_instantiate(compose_cfg, option):
 
 @pytest.mark.parametrize("option", options("model"))
 def test_model_options_instantiate(compose_cfg, option):
-    cfg = compose_cfg([f"model={option}", *TINY_MODEL_OVERRIDES])
+    model = compose_cfg([f"model={option}"]).model
+    # Tiny overrides for pre-trained backbones; from-scratch configs (small_transformer, bow_mlp) are small already.
+    tiny = "config_overrides" in model and model.config_overrides is None
+    cfg = compose_cfg([f"model={option}", *(TINY_MODEL_OVERRIDES if tiny else [])])
     encoder = instantiate(cfg.model)
     batch = encoder.tokenize_queries(["a query"])
     assert encoder.encode_queries(batch).shape[0] == 1
@@ -67,13 +70,27 @@ def test_task_options_instantiate(compose_cfg, option):
     assert callable(instantiate(cfg.task))
 
 
+# Distillation objectives need a teacher (a tiny random ColBERT here) and score the tokenized batch with it.
+TEACHER_OVERRIDES = ["objective.teacher.model_name=all-MiniLM-L6-v2"] + [
+    o.replace("+model.", "+objective.teacher.", 1) for o in TINY_MODEL_OVERRIDES
+]
+
+
 @pytest.mark.parametrize("option", options("objective"))
 def test_objective_options_instantiate(compose_cfg, option):
     import torch
 
-    objective = instantiate(compose_cfg([f"objective={option}"]).objective)
+    cfg = compose_cfg([f"objective={option}"])
+    if "teacher" in cfg.objective:
+        cfg = compose_cfg([f"objective={option}", *TEACHER_OVERRIDES])
+    objective = instantiate(cfg.objective)
     q, d = torch.randn(2, 8), torch.randn(6, 8)
-    assert objective(q, d, lambda a, b: a @ b.T).ndim == 0
+    extra = {}
+    if getattr(objective, "needs_batch", False):
+        tokenize = objective.teacher.tokenizer
+        texts = {"queries": ["query one", "query two"], "docs": [f"document {i}" for i in range(6)]}
+        extra["batch"] = {side: dict(tokenize(t, padding=True, return_tensors="pt")) for side, t in texts.items()}
+    assert objective(q, d, lambda a, b: a @ b.T, **extra).ndim == 0
 
 
 @pytest.mark.parametrize("option", options("negatives"))
@@ -94,6 +111,17 @@ def test_module_options_instantiate(compose_cfg, option):
     cfg = compose_cfg([f"module={option}", *TINY_MODEL_OVERRIDES])
     module = instantiate(cfg.module)(encoder=instantiate(cfg.model), objective=instantiate(cfg.objective))
     assert isinstance(module, pl.LightningModule)
+
+
+@pytest.mark.parametrize("option", options("pretrain_task"))
+def test_pretrain_task_options_instantiate(compose_cfg, option):
+    from retrieval_lab.pretrain.tasks import Mix, PretrainTask
+
+    cfg = compose_cfg([f"pretrain_task={option}"])
+    generator = instantiate(cfg.pretrain_task.generator)
+    assert isinstance(generator, PretrainTask | Mix) and generator.name == cfg.pretrain_task.name
+    assert callable(instantiate(cfg.pretrain_task.corpus, _partial_=True))  # nothing read yet
+    assert cfg.pretrain_task.max_steps >= 1 and cfg.pretrain_task.cache_dir
 
 
 @pytest.mark.parametrize("option", options("callbacks"))
@@ -121,7 +149,8 @@ def test_default_run_is_training(compose_cfg):
     assert cfg.task._target_.endswith("tasks.train.run") and cfg.retriever._target_.endswith("DenseRetriever")
 
 
-@pytest.mark.parametrize("name", options("experiment"))
+# The pre-training experiments need a linked corpus and ReQA data: tests/test_reqa.py runs their arms on tiny ones.
+@pytest.mark.parametrize("name", [n for n in options("experiment") if not n.startswith("pretrain_")])
 def test_experiments_run_on_tiny_data(compose_cfg, tmp_path, train_data, name):
     cfg = compose_cfg([f"experiment={name}"])
     training = cfg.task._target_.endswith("tasks.train.run")

@@ -21,6 +21,9 @@ class Encoder(nn.Module, ABC):
 
     query_max_length: int
     doc_max_length: int
+    # True where encode_* return (B, L, d) token vectors, masked tokens as zero rows (models/colbert.py):
+    # retrievers pick the multi-vector index and the training module keeps token lengths equal across ranks.
+    multi_vector: bool = False
 
     @abstractmethod
     def tokenize_queries(self, texts: Sequence[str], padding: bool = True, max_length: int | None = None) -> Batch:

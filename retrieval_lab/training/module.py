@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from retrieval_lab.models.base import Batch, Encoder
@@ -31,6 +33,16 @@ def warmup_linear_decay(warmup_steps: int, total_steps: int) -> Callable[[int], 
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return factor
+
+
+def pad_tokens_across_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Zero-pad token vectors ``(N, L, d)`` to the longest ``L`` of any rank, so objectives can all-gather them
+    (zero rows are padding to MaxSim); a no-op outside DDP."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    length = torch.tensor([x.shape[1]], device=x.device)
+    dist.all_reduce(length, op=dist.ReduceOp.MAX)
+    return F.pad(x, (0, 0, 0, int(length.item()) - x.shape[1]))  # (N, L_max, d)
 
 
 class RetrievalModule(pl.LightningModule):
@@ -58,9 +70,14 @@ class RetrievalModule(pl.LightningModule):
         self.train()  # from_pretrained returns eval-mode modules; Lightning keeps modes, and dropout is wanted
 
     def forward(self, batch: dict[str, Batch]) -> torch.Tensor:
-        q = self.encoder.encode_queries(batch["queries"])  # (B, d)
-        d = self.encoder.encode_docs(batch["docs"])  # (B * (1 + n), d)
-        return self.objective(q, d, self.encoder.score)  # ()
+        """Objectives get vectors and the encoder's score function; those with ``needs_batch`` (distillation
+        from a teacher that tokenizes for itself) also get the tokenized batch."""
+        q = self.encoder.encode_queries(batch["queries"])  # (B, d) or token vectors (B, Lq, d)
+        d = self.encoder.encode_docs(batch["docs"])  # (B * (1 + n), d) or (B * (1 + n), Ld, d)
+        if self.encoder.multi_vector:
+            d = pad_tokens_across_ranks(d)
+        extra = {"batch": batch} if getattr(self.objective, "needs_batch", False) else {}
+        return self.objective(q, d, self.encoder.score, **extra)  # ()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         torch.manual_seed(zlib.crc32(f"{self.seed}:{self.global_step}:{self.global_rank}".encode()))
@@ -75,8 +92,12 @@ class RetrievalModule(pl.LightningModule):
                 f"the weights. Last good checkpoint: {saved[0] if saved else 'none saved yet'}. "
                 "Try a lower optimizer lr, a larger objective.temperature or trainer.gradient_clip_val."
             )
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["queries"]["input_ids"].shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=self.batch_size_of(batch))
         return loss
+
+    def batch_size_of(self, batch: dict[str, Batch]) -> int:
+        """Examples in ``batch``, for logging; subclasses with other batch kinds (MLM) override it."""
+        return batch["queries"]["input_ids"].shape[0]
 
     def configure_optimizers(self):
         decay, no_decay = [], []
