@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from retrieval_lab.eval.metrics import parse_metric
+from retrieval_lab.retrievers.colbert import ColbertRetriever
 from retrieval_lab.retrievers.dense import DenseRetriever
 from retrieval_lab.tasks.evaluate import evaluate_retriever
 
@@ -48,10 +49,12 @@ class DevEvaluation(pl.Callback):
         value = 0.0
         if trainer.is_global_zero:
             start = time.perf_counter()
-            retriever = DenseRetriever(
-                pl_module.encoder, batch_size=self.batch_size, query_batch_size=self.batch_size,
-                precision=self.precision, device=str(pl_module.device), show_progress=self.show_progress,
-            )  # fmt: skip
+            args = {"batch_size": self.batch_size, "query_batch_size": self.batch_size, "precision": self.precision,
+                    "device": str(pl_module.device), "show_progress": self.show_progress}  # fmt: skip
+            if pl_module.encoder.multi_vector:  # late interaction: exact MaxSim over the (small) dev pool
+                retriever = ColbertRetriever(pl_module.encoder, mode="exact", **args)
+            else:
+                retriever = DenseRetriever(pl_module.encoder, **args)
             _, k = parse_metric(self.metric)
             results = evaluate_retriever(retriever, dev, ["dev"], [self.metric], top_k=max(k, 100))
             value = results["dev"][self.metric]

@@ -125,7 +125,7 @@ class SyncIndexRefresh(pl.Callback):
         """Under DDP every rank encodes every ``world_size``-th document and rank 0 gathers the vectors (in
         corpus order); with one process the corpus is encoded inside ``mine_ann_negatives``."""
         world, rank = trainer.world_size, trainer.global_rank
-        if world == 1:
+        if world == 1 or pl_module.encoder.multi_vector:  # token vectors: rank 0 encodes (and indexes) alone
             return None, 0.0
         start = time.perf_counter()
         doc_ids = list(self.corpus)

@@ -1,4 +1,5 @@
-"""Export a trained BiEncoder to a plain Hugging Face folder and a sentence-transformers folder.
+"""Export a trained BiEncoder to a plain Hugging Face folder and a sentence-transformers folder, or a ColBERT
+to a Hugging Face folder plus its projection and settings (which ``ColBERT(model_name=folder)`` reloads).
 
 The sentence-transformers layout is written directly (``modules.json``, a Pooling, optional Dense and
 Normalize module), so exporting needs no sentence-transformers install; ``tests/test_training_pieces.py``
@@ -14,6 +15,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from retrieval_lab.models.biencoder import BiEncoder
+from retrieval_lab.models.colbert import CONFIG_FILE, PROJECTION_FILE, ColBERT
 from retrieval_lab.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -86,12 +88,27 @@ def save_sentence_transformers(encoder: BiEncoder, folder: Path) -> Path:
     return folder
 
 
-def export_encoder(encoder: BiEncoder, folder: str | Path) -> dict[str, str]:
-    """Writes ``folder/hf`` and, for a shared tower, ``folder/sentence-transformers``; returns what it wrote.
+def save_colbert(encoder: ColBERT, folder: Path) -> Path:
+    """The backbone and tokenizer (markers included) via ``save_pretrained``, the projection, the settings."""
+    encoder.backbone.save_pretrained(folder)
+    encoder.tokenizer.save_pretrained(folder)
+    save_file({"weight": encoder.projection.weight.detach().cpu().contiguous()}, str(folder / PROJECTION_FILE))
+    _write_json(folder / CONFIG_FILE, dict(encoder.settings))
+    return folder
+
+
+def export_encoder(encoder: BiEncoder | ColBERT, folder: str | Path) -> dict[str, str]:
+    """Writes ``folder/hf`` and, for a shared tower, ``folder/sentence-transformers`` (a ColBERT: ``folder/colbert``);
+    returns what it wrote.
 
     Each folder is filled under a temporary name and renamed into place, so no export is ever half-written.
     """
     folder = Path(folder)
+    if isinstance(encoder, ColBERT):
+        with atomic_dir(folder / "colbert") as tmp:
+            save_colbert(encoder, tmp)
+        log.info("Exported the ColBERT encoder to %s", folder / "colbert")
+        return {"colbert": str(folder / "colbert")}
     written = {"hf": str(folder / "hf")}
     with atomic_dir(folder / "hf") as tmp:
         save_hf(encoder, tmp)

@@ -64,7 +64,8 @@ def encode_corpus(encoder: Encoder, corpus: dict[str, Document], doc_ids: list[s
     """The documents ``doc_ids`` (a shard, or all of ``corpus``) as vectors, through the lab's one encoding path;
     ``doc_max_length`` (None: the encoder's) can cut them shorter than evaluation does, for a cheaper refresh."""
     texts = [corpus[d].full_text() for d in doc_ids]
-    return encode_texts(encoder, texts, "docs", batch_size, max_length=doc_max_length, **encode_args)
+    length = min(doc_max_length or encoder.doc_max_length, encoder.doc_max_length)  # never longer than the model's
+    return encode_texts(encoder, texts, "docs", batch_size, max_length=length, **encode_args)
 
 
 def mine_ann_negatives(
@@ -87,6 +88,9 @@ def mine_ann_negatives(
     ``doc_vectors`` (rows in ``corpus`` order) skips encoding the corpus: under DDP the ranks encode it in shards
     and the one rank that mines passes the gathered vectors.
     """
+    if encoder.multi_vector:
+        return _mine_late_interaction(encoder, corpus, queries, positives, top_k, batch_size, query_batch_size,
+                                      precision, device, show_progress)  # fmt: skip
     encode_args = {"precision": precision, "show_progress": show_progress, "device": device}
     start = time.perf_counter()
     doc_ids, qids = list(corpus), list(queries)
@@ -105,4 +109,32 @@ def mine_ann_negatives(
     ranks = positive_ranks(query_vectors, doc_vectors, qids, doc_ids, positives)
     mined = time.perf_counter()
     seconds = {"encode": encoded - start, "index": indexed - encoded, "mine": mined - indexed}
+    return MinedNegatives(negatives, ranks, seconds)
+
+
+def _mine_late_interaction(encoder, corpus, queries, positives, top_k, batch_size, query_batch_size, precision,
+                           device, show_progress) -> MinedNegatives:  # fmt: skip
+    """A late-interaction encoder (ColBERT) mines through its own end-to-end retrieval (FAISS candidates over
+    token vectors, exact MaxSim); positive ranks come from exact MaxSim over every document."""
+    from retrieval_lab.retrievers.colbert import ColbertRetriever  # the retriever imports the index layer
+
+    start = time.perf_counter()
+    args = {"batch_size": batch_size, "query_batch_size": query_batch_size, "precision": precision}
+    retriever = ColbertRetriever(encoder, mode="end_to_end", device=str(device or "cpu"), show_progress=show_progress,
+                                 **args)  # fmt: skip
+    retriever.index(corpus)
+    qids = list(queries)
+    vectors = retriever.query_vectors([queries[q] for q in qids])
+    indexed = time.perf_counter()
+    build = retriever.timings["build_index_s"]
+    store, negatives, ranks = retriever.store, {}, []
+    every_doc = np.arange(len(store.ids))
+    for qid, q in zip(qids, vectors, strict=True):
+        _, ranked = store.search(q, top_k + len(positives[qid]), retriever.candidates_per_token)
+        negatives[qid] = [d for d in ranked if d not in positives[qid]][:top_k]
+        _, order = store.rerank(q, every_doc, len(every_doc))  # rows, best first
+        position = {store.ids[row]: i + 1 for i, row in enumerate(order)}
+        ranks += [position[d] for d in sorted(positives[qid]) if d in position]
+    mined = time.perf_counter()
+    seconds = {"encode": indexed - start - build, "index": build, "mine": mined - indexed}
     return MinedNegatives(negatives, ranks, seconds)

@@ -15,6 +15,8 @@ from pytorch_lightning.loggers import WandbLogger
 
 from retrieval_lab.callbacks.dev_eval import DevEvaluation
 from retrieval_lab.models.export import export_encoder
+from retrieval_lab.retrievers.base import Retriever
+from retrieval_lab.retrievers.colbert import ColbertRetriever
 from retrieval_lab.retrievers.dense import DenseRetriever
 from retrieval_lab.tasks.evaluate import check_eval_args, evaluate_retriever
 from retrieval_lab.train import FitResult, fit
@@ -60,7 +62,7 @@ def evaluate_best(cfg: DictConfig, result: FitResult, splits, metrics, top_k: in
     missing = [s for s in splits if s not in dataset.qrels]
     if missing:
         raise ValueError(f"task.splits {missing} not in dataset {dataset.name!r} (has {sorted(dataset.qrels)})")
-    retriever: DenseRetriever = instantiate(cfg.retriever, encoder=result.model.encoder)
+    retriever: Retriever = instantiate(cfg.retriever, encoder=result.model.encoder)
     results: dict = evaluate_retriever(retriever, dataset, splits, metrics, top_k, output_dir)
     results["train"] = training_summary(result, best, seconds)
     for logger in result.loggers:
@@ -78,7 +80,12 @@ def evaluate_best(cfg: DictConfig, result: FitResult, splits, metrics, top_k: in
 def run(cfg: DictConfig, splits: Sequence[str], metrics: Sequence[str], top_k: int, export: bool = True) -> dict:
     """Entry for ``task=train``; resumes from ``cfg.ckpt_path`` when set."""
     check_eval_args(splits, metrics, top_k)
-    if not issubclass(get_class(cfg.retriever._target_), DenseRetriever):
+    retriever = get_class(cfg.retriever._target_)
+    if getattr(get_class(cfg.model._target_), "multi_vector", False):
+        if not issubclass(retriever, ColbertRetriever):
+            raise ValueError(f"task=train with a late-interaction model ({cfg.model._target_}) evaluates it with "
+                             f"retriever=colbert, not {cfg.retriever._target_}")  # fmt: skip
+    elif not issubclass(retriever, DenseRetriever):
         raise ValueError(f"task=train evaluates the trained encoder: use retriever=dense, not {cfg.retriever._target_}")
     start = time.perf_counter()
     _, results = fit(

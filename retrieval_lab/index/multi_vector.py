@@ -1,0 +1,196 @@
+"""The multi-vector (late interaction) index: every document's token vectors, stored back to back in fp16 for
+exact MaxSim, and a FAISS index over the same vectors for candidate generation (ColBERT's end-to-end search).
+
+``encode_token_vectors`` is the token-vector twin of ``index/encode.py``'s ``encode_texts`` and shares its
+batching and precision helpers: length-sorted batches, optional bf16, a progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from retrieval_lab.index.encode import SIDES, _pad, _precision_context, resolve_precision
+from retrieval_lab.models.base import Encoder
+from retrieval_lab.scoring.maxsim import packed_maxsim, token_mask
+from retrieval_lab.utils.io import atomic_dir
+
+
+@torch.inference_mode()
+def encode_token_vectors(
+    encoder: Encoder,
+    texts: Sequence[str],
+    side: str = "docs",
+    batch_size: int = 32,
+    precision: str = "auto",
+    show_progress: bool = True,
+    device: str | torch.device | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The kept token vectors of every text, back to back in input order, as ``(T, dim)`` float16, and the number
+    of vectors of each text ``(N,)``. Masked tokens (zero vectors: padding, punctuation) are dropped."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    if not texts:
+        raise ValueError("encode_token_vectors got no texts")
+    device = torch.device(device) if device is not None else next(encoder.parameters()).device
+    precision = resolve_precision(precision, device)
+    tokenize = encoder.tokenize_queries if side == "queries" else encoder.tokenize_docs
+    encode = encoder.encode_queries if side == "queries" else encoder.encode_docs
+    ids = tokenize(list(texts), padding=False)["input_ids"]
+    order = np.argsort([-len(x) for x in ids], kind="stable")
+    per_text: list[np.ndarray] = [np.empty(0)] * len(texts)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with _precision_context(encoder, precision, device):
+            bar = tqdm(total=len(texts), desc=f"encode {side} tokens", unit="text", disable=not show_progress)
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                batch = {k: v.to(device) for k, v in _pad([ids[i] for i in rows], encoder.pad_token_id).items()}
+                vectors = encode(batch).float()  # (b, L, dim)
+                if vectors.ndim != 3:
+                    raise ValueError(f"{type(encoder).__name__} gives single vectors; token vectors need model=colbert")
+                keep = token_mask(vectors).cpu()  # (b, L)
+                vectors = vectors.to(torch.float16).cpu()
+                for i, row in enumerate(rows):
+                    per_text[row] = vectors[i][keep[i]].numpy()  # (L_i, dim)
+                bar.update(len(rows))
+            bar.close()
+    finally:
+        encoder.train(was_training)
+    lengths = np.array([len(v) for v in per_text], dtype=np.int64)
+    return np.concatenate(per_text), lengths
+
+
+def auto_factory(num_vectors: int) -> str:
+    """An IVF factory sized to the corpus: about sqrt(T) lists of 8-bit scalar-quantized vectors (candidates
+    only: the exact scores come from the fp16 store); "Flat" where there are too few vectors to train one.
+    (IVF-PQ, as ColBERT v1 used, is 8x smaller but its training took minutes for 63k vectors on 2 CPU cores.)
+
+    >>> auto_factory(1_000), auto_factory(75_000), auto_factory(1_300_000)
+    ('Flat', 'IVF256,SQ8', 'IVF1024,SQ8')
+    """
+    nlist = 2 ** int(math.log2(max(1.0, math.sqrt(num_vectors))))
+    if num_vectors < 39 * 64 or nlist < 16:  # k-means wants ~39 points per list
+        return "Flat"
+    return f"IVF{nlist},SQ8"
+
+
+class MultiVectorIndex:
+    """Token vectors of documents: ``add`` once, then ``search`` (FAISS candidates, exact MaxSim re-ranking),
+    ``rerank`` (exact MaxSim over given documents) or ``exact_search`` (exact MaxSim over the whole corpus)."""
+
+    def __init__(self, dim: int, factory: str = "auto", nprobe: int = 32, build_ann: bool = True) -> None:
+        if nprobe < 1:
+            raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+        if factory != "auto":
+            try:
+                faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+            except RuntimeError as err:
+                raise ValueError(f"index factory {factory!r} is not a valid FAISS factory string: {err}") from err
+        self.dim, self.factory, self.nprobe, self.build_ann = dim, factory, nprobe, build_ann
+        self.ann: faiss.Index | None = None
+        self.factory_used: str | None = None  # the factory string "auto" resolved to
+        self.tokens = np.zeros((0, dim), dtype=np.float16)
+        self.lengths = np.zeros(0, dtype=np.int64)
+        self.starts = np.zeros(1, dtype=np.int64)
+        self.ids: list[str] = []
+
+    def add(self, tokens: np.ndarray, lengths: np.ndarray, ids: list[str]) -> None:
+        """``tokens`` ``(T, dim)`` back to back, ``lengths`` ``(N,)``, one id per document; builds the index."""
+        if self.ids:
+            raise RuntimeError("MultiVectorIndex.add is called once, with the whole corpus")
+        if tokens.ndim != 2 or tokens.shape[1] != self.dim or int(np.sum(lengths)) != len(tokens):
+            raise ValueError(f"expected (sum(lengths), {self.dim}) token vectors, got {tokens.shape}")
+        if len(ids) != len(lengths):
+            raise ValueError(f"{len(ids)} ids for {len(lengths)} documents")
+        self.tokens = np.ascontiguousarray(tokens, dtype=np.float16)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        self.ids = list(ids)
+        if self.build_ann:
+            self._build_ann()
+
+    def _build_ann(self) -> None:
+        self.factory_used = auto_factory(len(self.tokens)) if self.factory == "auto" else self.factory
+        self.ann = faiss.index_factory(self.dim, self.factory_used, faiss.METRIC_INNER_PRODUCT)
+        vectors = self.tokens.astype(np.float32)
+        if not self.ann.is_trained:
+            self.ann.train(vectors)
+        self.ann.add(vectors)
+        self._set_nprobe()
+
+    def _set_nprobe(self) -> None:
+        try:
+            faiss.ParameterSpace().set_index_parameter(self.ann, "nprobe", self.nprobe)
+        except RuntimeError:
+            pass  # not an IVF index
+
+    def candidates(self, q: np.ndarray, per_token: int) -> np.ndarray:
+        """Rows of the documents owning any of each query token's ``per_token`` nearest token vectors."""
+        if self.ann is None:
+            raise RuntimeError("this MultiVectorIndex was built without its FAISS index (build_ann=False)")
+        _, rows = self.ann.search(np.ascontiguousarray(q, dtype=np.float32), min(per_token, len(self.tokens)))
+        rows = rows[rows >= 0]
+        return np.unique(np.searchsorted(self.starts, rows, side="right") - 1)  # (C,)
+
+    def rerank(self, q: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact MaxSim of query ``q`` ``(Lq, dim)`` with the documents at rows ``docs``; the top ``k`` (scores,
+        rows), best first."""
+        docs = np.asarray(docs, dtype=np.int64)
+        lengths = self.lengths[docs]  # (C,)
+        offsets = np.cumsum(lengths) - lengths  # (C,) where each document starts in the gathered block
+        rows = np.arange(int(lengths.sum())) - np.repeat(offsets, lengths) + np.repeat(self.starts[docs], lengths)
+        scores = packed_maxsim(q, self.tokens[rows], lengths)  # (C,)
+        top = np.argsort(-scores, kind="stable")[:k]
+        return scores[top], docs[top]
+
+    def search(self, q: np.ndarray, k: int, per_token: int) -> tuple[np.ndarray, list[str]]:
+        """End to end: FAISS candidates for query ``q`` ``(Lq, dim)``, re-ranked by exact MaxSim."""
+        scores, rows = self.rerank(q, self.candidates(q, per_token), k)
+        return scores, [self.ids[r] for r in rows]
+
+    def exact_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, list[str]]:
+        scores, rows = self.rerank(q, np.arange(len(self.ids)), k)
+        return scores, [self.ids[r] for r in rows]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of everything a search reads: the token store, the lengths and the serialized FAISS index."""
+        ann = int(faiss.serialize_index(self.ann).nbytes) if self.ann is not None else 0
+        return int(self.tokens.nbytes + self.lengths.nbytes) + ann
+
+    def save(self, folder: str | Path) -> None:
+        with atomic_dir(folder) as tmp:
+            np.save(tmp / "tokens.npy", self.tokens)
+            np.save(tmp / "lengths.npy", self.lengths)
+            if self.ann is not None:
+                faiss.write_index(self.ann, str(tmp / "tokens.faiss"))
+            meta = {"dim": self.dim, "factory": self.factory, "nprobe": self.nprobe, "build_ann": self.build_ann,
+                    "factory_used": self.factory_used}  # fmt: skip
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            (tmp / "ids.json").write_text(json.dumps(self.ids))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> MultiVectorIndex:
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        self = cls(meta["dim"], meta["factory"], meta["nprobe"], build_ann=False)
+        self.build_ann, self.factory_used = meta["build_ann"], meta["factory_used"]
+        self.tokens, self.lengths = np.load(folder / "tokens.npy"), np.load(folder / "lengths.npy")
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        self.ids = json.loads((folder / "ids.json").read_text())
+        if (folder / "tokens.faiss").exists():
+            self.ann = faiss.read_index(str(folder / "tokens.faiss"))
+            self._set_nprobe()
+        return self
+
+    def __len__(self) -> int:
+        return len(self.ids)

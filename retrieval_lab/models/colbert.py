@@ -1,0 +1,170 @@
+"""ColBERT (Khattab & Zaharia, 2020): token vectors from one BERT tower, scored by late interaction (MaxSim).
+
+Queries are ``[CLS] [Q] tokens [SEP]`` padded with ``[MASK]`` to ``query_max_length`` (query augmentation:
+the masks are encoded and scored, but not attended to unless ``attend_to_mask_tokens``); documents are
+``[CLS] [D] tokens [SEP]``. Every output state goes through a linear projection to ``dim`` and is
+L2-normalized; document vectors of punctuation tokens and padding are zeroed, which is how they are masked
+(see ``scoring/maxsim.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from retrieval_lab.models.backbone import load_backbone, load_tokenizer, resolve_model_path
+from retrieval_lab.models.base import Batch, Encoder
+from retrieval_lab.scoring.maxsim import maxsim_scores
+
+CONFIG_FILE = "colbert_config.json"  # the ColBERT settings of an exported folder
+PROJECTION_FILE = "colbert_projection.safetensors"  # the linear projection of an exported folder
+DEFAULTS = {
+    "dim": 128,
+    "query_max_length": 32,
+    "doc_max_length": 180,  # the paper's MS MARCO setting
+    "query_marker": "[unused0]",  # BERT vocabularies hold unused tokens; others get the marker added
+    "doc_marker": "[unused1]",
+    "attend_to_mask_tokens": False,
+    "skip_punctuation": True,
+}
+
+
+def saved_settings(model_name: str) -> dict:
+    """The ColBERT settings stored beside an exported model (``{}`` for a plain Hugging Face encoder)."""
+    path = Path(resolve_model_path(model_name)) / CONFIG_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+class ColBERT(Encoder):
+    """Late-interaction encoder over any Hugging Face encoder, or a folder exported by ``models/export.py``.
+
+    Settings left at None come from the folder's ``colbert_config.json`` where there is one, else from
+    ``DEFAULTS``; an exported projection is loaded unless ``config_overrides`` asks for random init.
+    """
+
+    multi_vector = True
+
+    def __init__(
+        self,
+        model_name: str = "all-MiniLM-L6-v2",
+        dim: int | None = None,
+        query_max_length: int | None = None,
+        doc_max_length: int | None = None,
+        query_marker: str | None = None,
+        doc_marker: str | None = None,
+        attend_to_mask_tokens: bool | None = None,
+        skip_punctuation: bool | None = None,
+        config_overrides: dict | None = None,
+    ) -> None:
+        super().__init__()
+        given = {k: v for k, v in locals().items() if k in DEFAULTS and v is not None}
+        self.settings = DEFAULTS | saved_settings(model_name) | given
+        for key in ("query_max_length", "doc_max_length"):
+            if self.settings[key] < 4:
+                raise ValueError(f"model.{key} must be at least 4 ([CLS], marker, a token, [SEP])")
+        if self.settings["dim"] < 1:
+            raise ValueError(f"model.dim must be positive, got {self.settings['dim']}")
+        self.tokenizer = load_tokenizer(model_name)
+        self.backbone = load_backbone(model_name, config_overrides)
+        self.query_marker_id = self._marker_id(self.settings["query_marker"])
+        self.doc_marker_id = self._marker_id(self.settings["doc_marker"])
+        self.projection = nn.Linear(self.backbone.config.hidden_size, self.settings["dim"], bias=False)
+        weights = Path(resolve_model_path(model_name)) / PROJECTION_FILE
+        if weights.is_file() and not config_overrides:
+            self._load_projection(weights)
+        self.query_max_length = int(self.settings["query_max_length"])
+        self.doc_max_length = int(self.settings["doc_max_length"])
+        self.attend_to_mask_tokens = bool(self.settings["attend_to_mask_tokens"])
+        skip = self._punctuation_ids() if self.settings["skip_punctuation"] else []
+        self.register_buffer("skip_ids", torch.tensor(skip, dtype=torch.long), persistent=False)
+
+    def _marker_id(self, marker: str) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(marker)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            self.tokenizer.add_special_tokens({"additional_special_tokens": [marker]})
+            self.backbone.resize_token_embeddings(len(self.tokenizer))
+            token_id = self.tokenizer.convert_tokens_to_ids(marker)
+        return int(token_id)
+
+    def _load_projection(self, path: Path) -> None:
+        weight = load_file(str(path))["weight"]
+        if weight.shape != self.projection.weight.shape:
+            raise ValueError(
+                f"{path} holds a {tuple(weight.shape)} projection but model.dim={self.settings['dim']} asks for "
+                f"{tuple(self.projection.weight.shape)}: leave model.dim at null to use the saved one"
+            )
+        self.projection.weight.data.copy_(weight)
+
+    def _punctuation_ids(self) -> list[int]:
+        """Vocabulary ids of the punctuation symbols that tokenize to a single token (ColBERT's skiplist)."""
+        ids = set()
+        for symbol in string.punctuation:
+            pieces = self.tokenizer(symbol, add_special_tokens=False)["input_ids"]
+            if len(pieces) == 1 and pieces[0] != self.tokenizer.unk_token_id:
+                ids.add(pieces[0])
+        return sorted(ids)
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id or 0)
+
+    def _with_markers(self, texts: Sequence[str], marker_id: int, max_length: int) -> list[list[int]]:
+        body = self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length - 3)
+        cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        return [[cls, marker_id, *ids, sep] for ids in body["input_ids"]]
+
+    def _batch(self, rows: list[list[int]], attention: list[list[int]], padding: bool) -> Batch:
+        if not padding:
+            return {"input_ids": rows, "attention_mask": attention}
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)  # (B, L)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, L)
+        for i, (row, att) in enumerate(zip(rows, attention, strict=True)):
+            ids[i, : len(row)], mask[i, : len(att)] = torch.tensor(row), torch.tensor(att)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def tokenize_queries(self, texts: Sequence[str], padding: bool = True, max_length: int | None = None) -> Batch:
+        """Always ``max_length`` (default ``query_max_length``) tokens: the [MASK] padding is part of the model."""
+        length = max_length or self.query_max_length
+        mask_id = self.tokenizer.mask_token_id
+        rows = self._with_markers(texts, self.query_marker_id, length)
+        rows = [row + [mask_id] * (length - len(row)) for row in rows]
+        attention = [self._query_attention(torch.tensor(row)).long().tolist() for row in rows]
+        return self._batch(rows, attention, padding)
+
+    def tokenize_docs(self, texts: Sequence[str], padding: bool = True, max_length: int | None = None) -> Batch:
+        rows = self._with_markers(texts, self.doc_marker_id, max_length or self.doc_max_length)
+        return self._batch(rows, [[1] * len(row) for row in rows], padding)
+
+    def _query_attention(self, ids: torch.Tensor) -> torch.Tensor:
+        attention = ids.ne(self.pad_token_id)
+        if not self.attend_to_mask_tokens:
+            attention &= ids.ne(self.tokenizer.mask_token_id)
+        return attention
+
+    def _token_vectors(self, ids: torch.Tensor, attention: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=ids, attention_mask=attention.long()).last_hidden_state  # (B, L, H)
+        vectors = F.normalize(self.projection(hidden), dim=-1)  # (B, L, dim)
+        return vectors * keep.unsqueeze(-1).to(vectors.dtype)  # (B, L, dim); dropped tokens are zero
+
+    def encode_queries(self, batch: Batch) -> torch.Tensor:
+        """``(B, Lq, dim)``: every token counts, the [MASK] padding included (the attention mask is rebuilt
+        from the ids, so batches padded by ``index/encode.py`` behave like the tokenizer's)."""
+        ids = batch["input_ids"]
+        return self._token_vectors(ids, self._query_attention(ids), ids.ne(self.pad_token_id))
+
+    def encode_docs(self, batch: Batch) -> torch.Tensor:
+        """``(B, Ld, dim)`` with the vectors of padding and punctuation zeroed."""
+        ids, attention = batch["input_ids"], batch["attention_mask"].bool()
+        keep = attention & ~torch.isin(ids, self.skip_ids)
+        return self._token_vectors(ids, attention, keep)
+
+    def score(self, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        return maxsim_scores(q, d)  # (Bq, Bd); zero vectors are masked out

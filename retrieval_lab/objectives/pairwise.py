@@ -1,0 +1,55 @@
+"""ColBERT's pairwise softmax: each query against its own positive and hard negatives only, no in-batch documents."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def own_document_columns(num_queries: int, num_docs: int) -> torch.Tensor:
+    """Row indices ``(B, 1 + n)`` into the documents of each query's positive, then its negatives (documents are
+    laid out as the B positives, then query 0's n negatives, query 1's, ...).
+
+    >>> own_document_columns(2, 6)
+    tensor([[0, 2, 3],
+            [1, 4, 5]])
+    """
+    n = num_docs // num_queries - 1
+    rows = torch.arange(num_queries)[:, None]  # (B, 1)
+    return torch.cat([rows, num_queries + rows * n + torch.arange(n)[None, :]], dim=1)  # (B, 1 + n)
+
+
+def pairwise_softmax_loss(scores: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Cross-entropy of the positive (column 0) against the query's own negatives: ``scores`` is ``(B, 1 + n)``.
+
+    >>> round(pairwise_softmax_loss(torch.tensor([[2.0, 0.0]])).item(), 4)
+    0.1269
+    """
+    labels = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)  # (B,)
+    return F.cross_entropy(scores / temperature, labels)  # ()
+
+
+class PairwiseSoftmax(nn.Module):
+    """``forward(q, d, score_fn)`` with documents ``(B * (1 + n), ...)`` as InfoNCE gets them; only the (q, d+, d-)
+    triples are scored against each other, as in the ColBERT paper. Needs hard negatives (n >= 1): with
+    ``negatives=in_batch`` there is nothing to compare the positive with. Nothing is gathered across ranks.
+    """
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"objective.temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def forward(self, q: torch.Tensor, d: torch.Tensor, score_fn) -> torch.Tensor:
+        b = q.shape[0]
+        if d.shape[0] % b or d.shape[0] < 2 * b:
+            raise ValueError(
+                f"objective=pairwise needs B * (1 + n) documents with n >= 1 hard negatives for {b} queries, got "
+                f"{d.shape[0]}: use negatives=bm25, random or ance"
+            )
+        columns = own_document_columns(b, d.shape[0]).to(q.device)  # (B, 1 + n)
+        # Query by query: a MaxSim score matrix over the whole batch would cost B times more for the same loss.
+        scores = torch.cat([score_fn(q[i : i + 1], d[columns[i]]) for i in range(b)])  # (B, 1 + n)
+        return pairwise_softmax_loss(scores, self.temperature)

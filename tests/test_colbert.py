@@ -1,0 +1,269 @@
+"""ColBERT and TCT-ColBERT with tiny random-init BERTs: MaxSim, tokenization, training, export, retrieval, fusion."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from retrieval_lab.data.beir import Document
+from retrieval_lab.index.multi_vector import MultiVectorIndex, encode_token_vectors
+from retrieval_lab.models.colbert import ColBERT
+from retrieval_lab.models.export import export_encoder
+from retrieval_lab.negatives import table as tables
+from retrieval_lab.objectives.pairwise import PairwiseSoftmax
+from retrieval_lab.objectives.tct import tct_kd_loss
+from retrieval_lab.retrievers.bm25 import BM25Retriever
+from retrieval_lab.retrievers.colbert import ColbertRetriever, colbert_search
+from retrieval_lab.retrievers.hybrid import interpolate, reciprocal_rank_fusion
+from retrieval_lab.scoring.maxsim import maxsim_scores, packed_maxsim
+from retrieval_lab.train import train
+from retrieval_lab.training.data import TrainingCollator
+from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_BERT, TINY_MODEL_OVERRIDES, TRAIN_CORPUS
+from tests.test_ance import ANCE, _train_positives
+
+CORPUS = {did: Document(title, text) for did, (title, text) in TRAIN_CORPUS.items()}
+QUERIES = {f"q{i}": f"what does {did} {doc.title.lower()} do" for i, (did, doc) in enumerate(CORPUS.items())}
+
+
+@pytest.fixture(scope="module")
+def tiny_colbert() -> ColBERT:
+    torch.manual_seed(0)
+    return ColBERT(config_overrides=TINY_BERT, dim=16, doc_max_length=24).eval()
+
+
+def brute_force_maxsim(q, d, q_mask, d_mask) -> torch.Tensor:
+    out = torch.zeros(len(q), len(d))
+    for a in range(len(q)):
+        for b in range(len(d)):
+            for i in range(q.shape[1]):
+                if q_mask[a, i]:
+                    sims = [float(q[a, i] @ d[b, j]) for j in range(d.shape[1]) if d_mask[b, j]]
+                    out[a, b] += max(sims) if sims else 0.0
+    return out
+
+
+def test_maxsim_matches_brute_force_with_masks():
+    torch.manual_seed(1)
+    q, d = torch.randn(3, 5, 8), torch.randn(4, 7, 8)
+    q_mask, d_mask = torch.rand(3, 5) > 0.3, torch.rand(4, 7) > 0.4
+    d_mask[2] = False  # a document with no token scores 0
+    expected = brute_force_maxsim(q, d, q_mask, d_mask)
+    torch.testing.assert_close(maxsim_scores(q, d, q_mask, d_mask), expected)
+    # Without masks, zero vectors are the masked tokens: the same scores.
+    zeroed_q, zeroed_d = q * q_mask[..., None], d * d_mask[..., None]
+    torch.testing.assert_close(maxsim_scores(zeroed_q, zeroed_d), expected)
+    assert expected[:, 2].eq(0).all() and expected.ne(0).any()
+
+
+def test_packed_maxsim_matches_padded():
+    rng = np.random.default_rng(0)
+    lengths = np.array([3, 1, 6, 2])
+    tokens = rng.standard_normal((lengths.sum(), 8)).astype(np.float16)
+    q = rng.standard_normal((5, 8)).astype(np.float32)
+    padded = torch.zeros(len(lengths), lengths.max(), 8)
+    mask = torch.zeros(len(lengths), lengths.max(), dtype=torch.bool)
+    for i, (start, n) in enumerate(zip(np.cumsum(lengths) - lengths, lengths, strict=True)):
+        padded[i, :n], mask[i, :n] = torch.from_numpy(tokens[start : start + n].astype(np.float32)), True
+    expected = maxsim_scores(torch.from_numpy(q)[None], padded, d_mask=mask)[0].numpy()
+    np.testing.assert_allclose(packed_maxsim(q, tokens, lengths), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_colbert_tokens_markers_masks_and_vectors(tiny_colbert):
+    tok = tiny_colbert.tokenizer
+    queries = tiny_colbert.tokenize_queries(["aspirin heart attack?"])
+    ids = queries["input_ids"][0].tolist()
+    assert len(ids) == 32 and ids[:2] == [tok.cls_token_id, tiny_colbert.query_marker_id]
+    assert ids[ids.index(tok.sep_token_id) + 1 :] == [tok.mask_token_id] * (31 - ids.index(tok.sep_token_id))
+    docs = tiny_colbert.tokenize_docs(["Aspirin, reduces risk.", "a much longer document about smoking and cancer"])
+    assert docs["input_ids"][0, 1] == tiny_colbert.doc_marker_id
+    with torch.no_grad():
+        q, d = tiny_colbert.encode_queries(queries), tiny_colbert.encode_docs(docs)
+    assert q.shape == (1, 32, 16) and torch.allclose(q.norm(dim=-1), torch.ones(1, 32))
+    punctuation = torch.isin(docs["input_ids"], torch.tensor(tok.convert_tokens_to_ids([",", "."])))
+    dropped = punctuation | docs["attention_mask"].eq(0)
+    assert punctuation.sum() == 2 and d.norm(dim=-1)[dropped].eq(0).all()
+    torch.testing.assert_close(d.norm(dim=-1)[~dropped], torch.ones(int((~dropped).sum())))
+    # The index's encoding path (unpadded ids, length-sorted batches) gives the same kept vectors.
+    tokens, lengths = encode_token_vectors(tiny_colbert, ["Aspirin, reduces risk."], precision="fp32",
+                                           show_progress=False)  # fmt: skip
+    np.testing.assert_allclose(tokens.astype(np.float32), d[0][~dropped[0]].numpy(), atol=2e-3)
+    assert lengths.tolist() == [int((~dropped[0]).sum())]
+
+
+def training_batch(encoder, n_queries: int = 4) -> dict:
+    items = [
+        {"query": QUERIES[f"q{i}"], "positive": CORPUS[f"t{i}"].full_text(),
+         "negatives": [CORPUS[f"t{i + n_queries}"].full_text()]}
+        for i in range(n_queries)
+    ]  # fmt: skip
+    return TrainingCollator(encoder)(items)
+
+
+@pytest.mark.parametrize("objective", ["infonce", "pairwise"])
+def test_tiny_colbert_loss_goes_down(compose_cfg, objective):
+    # MaxSim scores are sums over 32 query tokens: ColBERT's softmax runs on them as they are (temperature 1).
+    overrides = [f"objective={objective}", "objective.temperature=1.0", "model=colbert", "model.query_max_length=16"]
+    overrides += ["model.doc_max_length=24"]
+    cfg = compose_cfg([*overrides, *TINY_MODEL_OVERRIDES])
+    torch.manual_seed(0)
+    module = instantiate(cfg.module)(encoder=instantiate(cfg.model), objective=instantiate(cfg.objective))
+    batch = training_batch(module.encoder)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(10):
+        loss = module(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(np.isfinite(losses)) and np.mean(losses[-3:]) < 0.8 * losses[0], losses
+
+
+def test_pairwise_needs_hard_negatives():
+    with pytest.raises(ValueError, match="hard negatives"):
+        PairwiseSoftmax()(torch.randn(2, 4), torch.randn(2, 4), lambda a, b: a @ b.T)
+
+
+def test_tct_loss_zero_iff_scores_equal():
+    torch.manual_seed(2)
+    scores = torch.randn(4, 12)
+    assert tct_kd_loss(scores, scores.clone(), 0.25).item() == 0.0
+    assert tct_kd_loss(scores + 3.0, scores, 0.25).abs().item() < 1e-6  # a per-query shift is the same softmax
+    assert tct_kd_loss(scores.flip(1), scores, 0.25).item() > 0.1
+
+
+def test_colbert_export_round_trip(tiny_colbert, tmp_path):
+    written = export_encoder(tiny_colbert, tmp_path / "export")
+    reloaded = ColBERT(model_name=written["colbert"]).eval()
+    assert reloaded.settings == tiny_colbert.settings
+    batch = tiny_colbert.tokenize_docs(["Smoking causes lung cancer."])
+    assert torch.equal(reloaded.tokenize_docs(["Smoking causes lung cancer."])["input_ids"], batch["input_ids"])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.encode_docs(batch), tiny_colbert.encode_docs(batch))
+    with pytest.raises(ValueError, match="projection"):
+        ColBERT(model_name=written["colbert"], dim=8)
+
+
+def test_tct_distill_trains_the_student_only(compose_cfg, tiny_colbert, tmp_path):
+    teacher_dir = export_encoder(tiny_colbert, tmp_path / "teacher")["colbert"]
+    cfg = compose_cfg(["objective=tct_distill", f"objective.teacher.model_name={teacher_dir}", *TINY_MODEL_OVERRIDES])
+    module = instantiate(cfg.module)(encoder=instantiate(cfg.model), objective=instantiate(cfg.objective))
+    teacher = module.objective.teacher
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    batch = training_batch(module.encoder)
+    loss = module(batch)
+    loss.backward()
+    assert loss.item() > 0 and module.encoder.query_tower.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+    # The teacher's scores are its MaxSim over its own tokenization of the same texts.
+    texts = [QUERIES[f"q{i}"] for i in range(4)]
+    with torch.no_grad():
+        q = tiny_colbert.encode_queries(tiny_colbert.tokenize_queries(texts))
+        expected = tiny_colbert.score(
+            q, tiny_colbert.encode_docs(tiny_colbert.tokenize_docs([CORPUS["t0"].full_text()]))
+        )
+    torch.testing.assert_close(module.objective.teacher_scores(batch)[:, :1], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_tct_distill_task_train_runs(compose_cfg, tiny_colbert, tmp_path, train_data):
+    """The whole training task: checkpoints (teacher inside) load back strictly and the student is evaluated."""
+    teacher_dir = export_encoder(tiny_colbert, tmp_path / "teacher")["colbert"]
+    overrides = ["data=beir", "data.name=tiny", "objective=tct_distill", f"objective.teacher.model_name={teacher_dir}"]
+    cfg = compose_cfg([*overrides, *FAST_TRAIN_OVERRIDES, "trainer.max_epochs=1"], data_root=train_data)
+    metrics = train(cfg)
+    assert metrics["train"]["steps"] > 0 and metrics["train"]["best_checkpoint"]
+    assert 0.0 <= metrics["test"]["ndcg@10"] <= 1.0
+
+
+def test_end_to_end_search_matches_exact_maxsim(tiny_colbert, tmp_path):
+    tokens, lengths = encode_token_vectors(tiny_colbert, [d.full_text() for d in CORPUS.values()], show_progress=False)
+    index = MultiVectorIndex(16, "IVF4,Flat", nprobe=4)  # every list visited: candidates hold the exact top-k
+    index.add(tokens, lengths, list(CORPUS))
+    retriever = ColbertRetriever(tiny_colbert, mode="end_to_end", candidates_per_token=64, show_progress=False)
+    for q in retriever.query_vectors(list(QUERIES.values())[:5]):
+        exact_scores, exact_ids = index.exact_search(q, 5)
+        scores, ids = index.search(q, 5, per_token=len(tokens))
+        assert ids == exact_ids and np.allclose(scores, exact_scores)
+    index.save(tmp_path / "mv")
+    loaded = MultiVectorIndex.load(tmp_path / "mv")
+    assert loaded.search(q, 5, per_token=len(tokens))[1] == ids and loaded.nbytes == index.nbytes > tokens.nbytes
+
+
+@pytest.mark.parametrize("mode", ["rerank", "end_to_end"])
+def test_colbert_retriever_modes(tiny_colbert, mode):
+    first = BM25Retriever(show_progress=False)
+    retriever = ColbertRetriever(tiny_colbert, mode=mode, first_stage=first, rerank_depth=5,
+                                 candidates_per_token=10_000, show_progress=False)  # fmt: skip
+    run = retriever.retrieve(CORPUS, QUERIES, k=3)
+    assert set(run) == set(QUERIES) and all(0 < len(docs) <= 3 for docs in run.values())
+    assert retriever.index_bytes > 0 and retriever.timings["search_s_per_query"] > 0
+    exact = MultiVectorIndex(16, build_ann=False)
+    exact.add(*encode_token_vectors(tiny_colbert, [d.full_text() for d in CORPUS.values()], show_progress=False),
+              list(CORPUS))  # fmt: skip
+    bm25 = first.search(QUERIES, 5) if mode == "rerank" else None
+    for qid, q in zip(QUERIES, retriever.query_vectors(list(QUERIES.values())), strict=True):
+        if mode == "rerank":  # the first stage's top 5, re-ordered by MaxSim
+            assert set(run[qid]) <= set(bm25[qid])
+            rows = np.array([exact.ids.index(d) for d in bm25[qid]])
+            assert list(run[qid]) == [exact.ids[r] for r in exact.rerank(q, rows, 3)[1]]
+        else:  # a Flat index and every token a candidate: end to end is exact
+            assert list(run[qid]) == exact.exact_search(q, 3)[1]
+    if mode == "end_to_end":
+        queries = dict(list(QUERIES.items())[:2])
+        ranked = colbert_search(
+            tiny_colbert, CORPUS, queries, top_k=3, candidates_per_token=10_000, show_progress=False
+        )
+        assert ranked == {qid: list(run[qid]) for qid in queries}
+
+
+def test_colbert_retriever_refuses_single_vectors(compose_cfg):
+    cfg = compose_cfg(["retriever=colbert", "retriever.show_progress=false", *TINY_MODEL_OVERRIDES])
+    with pytest.raises(ValueError, match="model=colbert"):
+        instantiate(cfg.retriever).index(CORPUS)
+
+
+@pytest.mark.parametrize("retriever", ["colbert", "hybrid"])
+def test_evaluate_task_with_colbert_and_hybrid(compose_cfg, tmp_path, retriever):
+    overrides = ["task=evaluate", f"retriever={retriever}", "model=colbert", *TINY_MODEL_OVERRIDES]
+    if retriever == "hybrid":
+        overrides += ["retriever@retriever.dense=colbert", "retriever.dense.mode=end_to_end", "retriever.fusion=rrf",
+                      "retriever.sparse.show_progress=false", "retriever.dense.show_progress=false"]  # fmt: skip
+    else:
+        overrides += ["retriever.show_progress=false"]
+    metrics = train(compose_cfg(overrides))
+    assert 0.0 <= metrics["test"]["ndcg@10"] <= 1.0
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == metrics
+
+
+def test_fusions_rank_as_their_sides():
+    sparse = {"q": {"a": 9.0, "b": 5.0, "c": 1.0}}
+    dense = {"q": {"b": 0.9, "c": 0.8, "d": 0.1}}
+    order = lambda run: sorted(run["q"], key=lambda d: (-run["q"][d], d))  # noqa: E731
+    assert order(interpolate(sparse, dense, alpha=0.0))[:3] == ["a", "b", "c"]
+    assert order(interpolate(sparse, dense, alpha=1.0))[:2] == ["b", "c"]
+    assert order(interpolate(sparse, dense, alpha=0.5))[0] == "b"  # near the top of both
+    assert order(reciprocal_rank_fusion([sparse, dense]))[:2] == ["b", "c"]
+
+
+def test_colbert_trains_with_ance_negatives_through_task_train(compose_cfg, train_data, tmp_path):
+    # model=colbert selects retriever=colbert (test evaluation) and temperature 1; dev evaluation is exact MaxSim
+    # and the refresh mines through ColBERT's own end-to-end retrieval.
+    cfg = compose_cfg([*ANCE, "model=colbert", "retriever.mode=end_to_end"], data_root=train_data)
+    assert cfg.retriever._target_.endswith("ColbertRetriever") and cfg.objective.temperature == 1.0
+    metrics = train(cfg)
+    assert 0.0 <= metrics["test"]["ndcg@10"] <= 1.0 and metrics["train"]["best_dev_value"] is not None
+    folder, positives = tmp_path / "out" / "ance_tables", _train_positives()
+    assert tables.latest_version(folder) == 3
+    for version in (1, 2, 3):
+        negatives = tables.load(folder, version).negatives
+        assert all(len(ids) == 3 and not set(ids) & positives[q] for q, ids in negatives.items())
+    assert 1 <= tables.load(folder, 3).meta["positive_mean_rank"] <= len(TRAIN_CORPUS)
+
+
+def test_task_train_refuses_a_dense_retriever_for_colbert(compose_cfg):
+    cfg = compose_cfg([*FAST_TRAIN_OVERRIDES, "model=colbert", "retriever=dense"])
+    with pytest.raises(ValueError, match="retriever=colbert"):
+        train(cfg)
