@@ -99,6 +99,7 @@ FAST_TRAIN_OVERRIDES = [
     "datamodule.show_progress=false",
     "negatives=random",
     "callbacks.dev_eval.every_n_steps=2",
+    "callbacks.last_checkpoint.every_n_train_steps=2",
     "retriever.show_progress=false",
     "task.export=false",
 ]

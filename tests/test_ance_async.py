@@ -13,11 +13,11 @@ from retrieval_lab.callbacks.index_refresh import AsyncIndexRefresh
 from retrieval_lab.data.beir import Document
 from retrieval_lab.index.encode import encode_texts
 from retrieval_lab.models.biencoder import BiEncoder
-from retrieval_lab.negatives.mining import encode_corpus
 from retrieval_lab.negatives import table as tables
+from retrieval_lab.negatives.mining import encode_corpus
 from retrieval_lab.train import fit
-from tests.test_ance import ANCE, _refresh_callback, _spy_on_draws, _train_positives
 from tests.conftest import TINY_BERT
+from tests.test_ance import ANCE, _refresh_callback, _spy_on_draws, _train_positives
 from tests.test_train import _cli
 
 # Inferencers start after steps 2, 4 and 6 (none after the last, 8); max_staleness 1 makes the trainer wait

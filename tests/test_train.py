@@ -104,6 +104,7 @@ def _cli_overrides(data_root: Path, run_dir: Path) -> list[str]:
     return [
         "data=beir", "data.name=tiny", f"paths.data_root={data_root}", f"hydra.run.dir={run_dir}",
         *FAST_TRAIN_OVERRIDES, *LEARNS, "trainer.max_epochs=3", "callbacks.dev_eval.every_n_steps=3",
+        "callbacks.last_checkpoint.every_n_train_steps=3",
     ]  # fmt: skip
 
 
@@ -120,7 +121,8 @@ def test_sigkilled_run_resumes_to_the_same_dev_metric(compose_cfg, train_data, t
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after_resume = json.loads((run_dir / "metrics.json").read_text())
 
-    cfg = compose_cfg([*FAST_TRAIN_OVERRIDES, *LEARNS, "trainer.max_epochs=3", "callbacks.dev_eval.every_n_steps=3"],
+    cfg = compose_cfg([*FAST_TRAIN_OVERRIDES, *LEARNS, "trainer.max_epochs=3", "callbacks.dev_eval.every_n_steps=3",
+                       "callbacks.last_checkpoint.every_n_train_steps=3"],
                       data_root=train_data)  # fmt: skip
     uninterrupted = train(cfg)
     assert after_resume["train"]["steps"] == uninterrupted["train"]["steps"] == 12

@@ -105,6 +105,8 @@ def test_collator_can_train_on_shorter_texts_than_the_model_encodes():
     assert full["queries"]["input_ids"].shape == (2, 12) and full["docs"]["input_ids"].shape == (4, 24)
     assert short["queries"]["input_ids"].shape == (2, 6) and short["docs"]["input_ids"].shape == (4, 10)
     assert encoder.tokenize_docs([long])["input_ids"].shape == (1, 24)  # inference keeps the model's length
+    longer = TrainingCollator(encoder, doc_max_length=100)(items)  # never longer than the model's
+    assert longer["docs"]["input_ids"].shape == (4, 24)
     assert short["docs"]["input_ids"][0, -1] == encoder.tokenizer.sep_token_id  # cut, not just sliced
 
 

@@ -92,12 +92,13 @@ class TrainingCollator:
     """Tokenizes with the encoder's contract (max lengths, prefixes). Documents come as the B positives
     (row i belongs to query i) followed by each query's negatives, the layout the objectives expect.
     ``query_max_length``/``doc_max_length`` cut training texts shorter than the encoder's inference lengths
-    (cheaper steps); None keeps the encoder's.
+    (cheaper steps), never longer; None keeps the encoder's.
     """
 
     def __init__(self, encoder: Encoder, query_max_length: int | None = None, doc_max_length: int | None = None):
         self.tokenize_queries, self.tokenize_docs = encoder.tokenize_queries, encoder.tokenize_docs
-        self.query_max_length, self.doc_max_length = query_max_length, doc_max_length
+        self.query_max_length = min(query_max_length or encoder.query_max_length, encoder.query_max_length)
+        self.doc_max_length = min(doc_max_length or encoder.doc_max_length, encoder.doc_max_length)
 
     def __call__(self, items: list[dict]) -> dict[str, Batch]:
         docs = [it["positive"] for it in items] + [text for it in items for text in it["negatives"]]
