@@ -195,20 +195,13 @@ class AsyncIndexRefresh(SyncIndexRefresh):
     def __init__(
         self,
         table_dir: str | Path,
-        every_n_steps: int | None = 20,
-        top_k: int = 200,
-        batch_size: int = 64,
-        query_batch_size: int = 256,
-        precision: str = "auto",
-        index_factory: str = "Flat",
-        show_progress: bool = False,
-        doc_max_length: int | None = None,
         device: str | None = None,
         num_threads: int | None = None,
         max_staleness: int | None = None,
+        **refresh_args,
     ) -> None:
-        super().__init__(table_dir, every_n_steps, top_k, batch_size, query_batch_size, precision, index_factory,
-                         show_progress, doc_max_length)  # fmt: skip
+        """``refresh_args``: those of ``SyncIndexRefresh`` (every_n_steps, top_k, batch sizes, precision, ...)."""
+        super().__init__(table_dir, **refresh_args)
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"index_refresh.num_threads must be >= 1 or null, got {num_threads}")
         if max_staleness is not None and max_staleness < 0:
