@@ -112,8 +112,7 @@ class SyncIndexRefresh(pl.Callback):
         if trainer.is_global_zero:
             sharded = None if doc_vectors is None else (doc_vectors, shard_s, trainer.world_size)
             record = self._mine_and_publish(step, pl_module, sampler, sharded)
-            for logger in trainer.loggers:
-                logger.log_metrics({f"index_refresh/{k}": v for k, v in record.items() if k != "step"}, step=step)
+            self._log(trainer, {k: v for k, v in record.items() if k != "step"}, step)
         record = trainer.strategy.broadcast(record, src=0)  # the other ranks wait here while rank 0 mines
         self.version, self.last_step = record["version"], step
         self.history.append(record)
@@ -151,7 +150,7 @@ class SyncIndexRefresh(pl.Callback):
         record = {"step": step, "version": version} | {f"{k}_s": round(v, 3) for k, v in mined.seconds.items()}
         record["encode_ranks"] = ranks
         record["positive_mean_rank"] = mined.positive_mean_rank
-        record["positives_in_top_k"] = sum(r <= self.top_k for r in mined.positive_ranks) / len(mined.positive_ranks)
+        record["positives_in_top_k"] = mined.share_ranked_within(self.top_k)
         record |= self._overlaps(mined.negatives, sampler)
         tables.publish(self.table_dir, version, mined.negatives, meta=dict(record))
         log.info("index refresh at step %d: %s", step, record)
@@ -167,6 +166,13 @@ class SyncIndexRefresh(pl.Callback):
         if self.version:
             record["previous_overlap"] = table_overlap(negatives, tables.load(self.table_dir, self.version).negatives)
         return record
+
+    @staticmethod
+    def _log(trainer: pl.Trainer, values: dict, step: int) -> None:
+        """Log ``values`` under ``index_refresh/`` from rank 0."""
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({f"index_refresh/{k}": v for k, v in values.items()}, step=step)
 
     def state_dict(self) -> dict:
         return {"version": self.version, "last_step": self.last_step, "history": [dict(r) for r in self.history]}
@@ -320,14 +326,7 @@ class AsyncIndexRefresh(SyncIndexRefresh):
         if isinstance(self._sampler, AnnNegatives):
             self._sampler.reload()
         log.info("index refresh at step %d: %s", step, record)
-        if trainer.is_global_zero:
-            self._log(trainer, {k: v for k, v in record.items() if k != "step"}, step)
-
-    @staticmethod
-    def _log(trainer: pl.Trainer, values: dict, step: int) -> None:
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics({f"index_refresh/{k}": v for k, v in values.items()}, step=step)
+        self._log(trainer, {k: v for k, v in record.items() if k != "step"}, step)
 
     def stop(self) -> None:
         """Stop a running inferencer (at the end of training, or on an error)."""

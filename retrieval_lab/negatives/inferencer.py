@@ -75,14 +75,13 @@ def run_job(job: InferencerJob) -> None:
                                    device=job.device, **job.mine_args)  # fmt: skip
         if not _parent_alive(job):
             return  # the trainer is gone: publish nothing
-        ranks = mined.positive_ranks
         result = {
             "ok": True,
             "version": job.version,
             "step": job.step,
             "seconds": {k: round(v, 3) for k, v in mined.seconds.items()},
             "positive_mean_rank": mined.positive_mean_rank,
-            "positives_in_top_k": sum(r <= job.top_k for r in ranks) / len(ranks) if ranks else float("nan"),
+            "positives_in_top_k": mined.share_ranked_within(job.top_k),
             "total_s": round(time.perf_counter() - start, 3),
         }
         tables.write(job.table_dir, job.version, mined.negatives, meta={"step": job.step, "async": True})

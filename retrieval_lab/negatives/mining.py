@@ -28,6 +28,11 @@ class MinedNegatives:
     def positive_mean_rank(self) -> float:
         return float(np.mean(self.positive_ranks)) if self.positive_ranks else float("nan")
 
+    def share_ranked_within(self, k: int) -> float:
+        """Share of the (query, positive) pairs ranked within the top ``k``."""
+        ranks = self.positive_ranks
+        return sum(r <= k for r in ranks) / len(ranks) if ranks else float("nan")
+
 
 def positive_ranks(
     query_vectors: np.ndarray, doc_vectors: np.ndarray, qids: list[str], doc_ids: list[str], positives, chunk=256
