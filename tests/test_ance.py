@@ -300,8 +300,14 @@ def test_index_refresh_options_instantiate(compose_cfg, option):
     assert callback.table_dir == sampler.table_dir and callback.top_k == sampler.top_k
 
 
-def test_index_refresh_is_off_by_default(compose_cfg):
+def test_index_refresh_comes_with_ance_negatives(compose_cfg):
     assert compose_cfg([]).get("index_refresh") is None
+    assert compose_cfg(["negatives=bm25"]).get("index_refresh") is None
+    for overrides in (["negatives=ance"], ["model=colbert", "negatives=ance"]):
+        cfg = compose_cfg(overrides)
+        assert cfg.index_refresh._target_.endswith("SyncIndexRefresh") and cfg.index_refresh.every_n_steps == 20
+    assert compose_cfg(["negatives=ance", "index_refresh=async"]).index_refresh._target_.endswith("AsyncIndexRefresh")
+    assert compose_cfg(["negatives=ance", "~index_refresh"]).get("index_refresh") is None
 
 
 def test_refresh_interval_sweep_is_one_multirun(compose_cfg):
