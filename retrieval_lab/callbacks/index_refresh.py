@@ -81,11 +81,12 @@ class SyncIndexRefresh(pl.Callback):
         else:
             log.warning("negatives=%s does not read ANN tables: index_refresh only mines them and logs statistics",
                         type(sampler).__name__)  # fmt: skip
-        probe = encode_texts(pl_module.encoder, ["probe"], "queries", precision="fp32", show_progress=False)
-        try:
-            FaissIndex(probe.shape[1], self.mine_args["index_factory"])
-        except ValueError as err:
-            raise ValueError(f"index_refresh.index_factory: {err}") from None
+        if not getattr(pl_module.encoder, "multi_vector", False):  # ColBERT mines with its own token index
+            probe = encode_texts(pl_module.encoder, ["probe"], "queries", precision="fp32", show_progress=False)
+            try:
+                FaissIndex(probe.shape[1], self.mine_args["index_factory"])
+            except ValueError as err:
+                raise ValueError(f"index_refresh.index_factory: {err}") from None
         train_data = trainer.datamodule.train_data
         self.corpus = train_data.corpus
         self.queries = {ex.qid: train_data.queries[ex.qid] for ex in train_data.examples}

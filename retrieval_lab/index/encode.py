@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -65,6 +65,49 @@ def _precision_context(encoder: Encoder, precision: str, device: torch.device):
                 p.data = originals[name]
 
 
+def encoded_batches(
+    encoder: Encoder,
+    texts: Sequence[str],
+    side: str,
+    batch_size: int,
+    precision: str,
+    show_progress: bool,
+    device: str | torch.device | None,
+    max_length: int | None,
+    what: str = "",
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """The one encoding loop: ``texts`` tokenized once without padding, sorted by length and batched, so each
+    batch pads only to its own longest member, encoded in eval mode under ``precision``. Yields each batch's
+    rows (positions in ``texts``) and the encoder's output for them, in float32 on the CPU: ``(b, d)`` from a
+    single-vector encoder, ``(b, L, dim)`` token vectors from a multi-vector one. Call it under
+    ``torch.inference_mode()``."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not texts:
+        raise ValueError("encoding got no texts")
+    device = torch.device(device) if device is not None else next(encoder.parameters()).device
+    precision = resolve_precision(precision, device)
+    tokenize = encoder.tokenize_queries if side == "queries" else encoder.tokenize_docs
+    encode = encoder.encode_queries if side == "queries" else encoder.encode_docs
+    ids = tokenize(list(texts), padding=False, max_length=max_length)["input_ids"]
+    order = np.argsort([-len(x) for x in ids], kind="stable")
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with _precision_context(encoder, precision, device):
+            bar = tqdm(total=len(texts), desc=f"encode {side}{what}", unit="text", disable=not show_progress)
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                batch = {k: v.to(device) for k, v in _pad([ids[i] for i in rows], encoder.pad_token_id).items()}
+                yield rows, encode(batch).float().cpu()
+                bar.update(len(rows))
+            bar.close()
+    finally:
+        encoder.train(was_training)
+
+
 @torch.inference_mode()
 def encode_texts(
     encoder: Encoder,
@@ -76,40 +119,20 @@ def encode_texts(
     device: str | torch.device | None = None,
     max_length: int | None = None,
 ) -> np.ndarray:
-    """Encode ``texts`` as queries or documents; returns float32 vectors in the input order.
+    """Encode ``texts`` as queries or documents; returns float32 vectors ``(N, d)`` in the input order.
 
-    Texts are tokenized once without padding, sorted by length and batched, so each batch pads only to its
-    own longest member. ``precision`` is ``fp32``, ``bf16-autocast`` (autocast around the forward), ``bf16``
-    (weights cast to bfloat16 for the call) or ``auto`` (``bf16`` where bf16 is native, else ``fp32``; see
+    ``precision`` is ``fp32``, ``bf16-autocast`` (autocast around the forward), ``bf16`` (weights cast to
+    bfloat16 for the call) or ``auto`` (``bf16`` where bf16 is native, else ``fp32``; see
     ``benchmarks/encode.py``). ``max_length`` cuts texts shorter than the encoder's own max length.
     """
-    if side not in SIDES:
-        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if not texts:
-        raise ValueError("encode_texts got no texts")
-    device = torch.device(device) if device is not None else next(encoder.parameters()).device
-    precision = resolve_precision(precision, device)
-    tokenize = encoder.tokenize_queries if side == "queries" else encoder.tokenize_docs
-    ids = tokenize(list(texts), padding=False, max_length=max_length)["input_ids"]
-    order = np.argsort([-len(x) for x in ids], kind="stable")
-    was_training = encoder.training
-    encoder.eval()
-    chunks: list[torch.Tensor] = []
-    try:
-        with _precision_context(encoder, precision, device):
-            bar = tqdm(total=len(texts), desc=f"encode {side}", unit="text", disable=not show_progress)
-            for start in range(0, len(order), batch_size):
-                batch = _pad([ids[i] for i in order[start : start + batch_size]], encoder.pad_token_id)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                fn = encoder.encode_queries if side == "queries" else encoder.encode_docs
-                chunks.append(fn(batch).float().cpu())  # (b, d)
-                bar.update(len(batch["input_ids"]))
-            bar.close()
-    finally:
-        encoder.train(was_training)
-    sorted_vectors = torch.cat(chunks).numpy()  # (N, d)
-    vectors = np.empty_like(sorted_vectors)
-    vectors[order] = sorted_vectors
-    return vectors
+    rows, chunks = [], []
+    for batch_rows, vectors in encoded_batches(
+        encoder, texts, side, batch_size, precision, show_progress, device, max_length
+    ):
+        if vectors.ndim != 2:
+            raise ValueError(f"{type(encoder).__name__} gives token vectors; index them with retriever=colbert")
+        rows.append(batch_rows)
+        chunks.append(vectors)
+    out = np.empty((len(texts), chunks[0].shape[1]), dtype=np.float32)
+    out[np.concatenate(rows)] = torch.cat(chunks).numpy()
+    return out

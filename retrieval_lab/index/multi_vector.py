@@ -1,8 +1,8 @@
 """The multi-vector (late interaction) index: every document's token vectors, stored back to back in fp16 for
 exact MaxSim, and a FAISS index over the same vectors for candidate generation (ColBERT's end-to-end search).
 
-``encode_token_vectors`` is the token-vector twin of ``index/encode.py``'s ``encode_texts`` and shares its
-batching and precision helpers: length-sorted batches, optional bf16, a progress bar.
+``encode_token_vectors`` keeps every token vector where ``index/encode.py``'s ``encode_texts`` keeps one vector per
+text; both run the same loop (``encoded_batches``: length-sorted batches, precision, progress bar).
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from retrieval_lab.index.encode import SIDES, _pad, _precision_context, resolve_precision
+from retrieval_lab.index.encode import encoded_batches
 from retrieval_lab.models.base import Encoder
 from retrieval_lab.scoring.maxsim import packed_maxsim, token_mask
 from retrieval_lab.utils.io import atomic_dir
@@ -32,39 +31,21 @@ def encode_token_vectors(
     precision: str = "auto",
     show_progress: bool = True,
     device: str | torch.device | None = None,
+    max_length: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The kept token vectors of every text, back to back in input order, as ``(T, dim)`` float16, and the number
-    of vectors of each text ``(N,)``. Masked tokens (zero vectors: padding, punctuation) are dropped."""
-    if side not in SIDES:
-        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
-    if not texts:
-        raise ValueError("encode_token_vectors got no texts")
-    device = torch.device(device) if device is not None else next(encoder.parameters()).device
-    precision = resolve_precision(precision, device)
-    tokenize = encoder.tokenize_queries if side == "queries" else encoder.tokenize_docs
-    encode = encoder.encode_queries if side == "queries" else encoder.encode_docs
-    ids = tokenize(list(texts), padding=False)["input_ids"]
-    order = np.argsort([-len(x) for x in ids], kind="stable")
+    of vectors of each text ``(N,)``. Masked tokens (zero vectors: padding, punctuation) are dropped. The
+    batching, precision and ``max_length`` are ``encode_texts``'s (``index/encode.encoded_batches``)."""
     per_text: list[np.ndarray] = [np.empty(0)] * len(texts)
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with _precision_context(encoder, precision, device):
-            bar = tqdm(total=len(texts), desc=f"encode {side} tokens", unit="text", disable=not show_progress)
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                batch = {k: v.to(device) for k, v in _pad([ids[i] for i in rows], encoder.pad_token_id).items()}
-                vectors = encode(batch).float()  # (b, L, dim)
-                if vectors.ndim != 3:
-                    raise ValueError(f"{type(encoder).__name__} gives single vectors; token vectors need model=colbert")
-                keep = token_mask(vectors).cpu()  # (b, L)
-                vectors = vectors.to(torch.float16).cpu()
-                for i, row in enumerate(rows):
-                    per_text[row] = vectors[i][keep[i]].numpy()  # (L_i, dim)
-                bar.update(len(rows))
-            bar.close()
-    finally:
-        encoder.train(was_training)
+    for rows, vectors in encoded_batches(
+        encoder, texts, side, batch_size, precision, show_progress, device, max_length, what=" tokens"
+    ):
+        if vectors.ndim != 3:
+            raise ValueError(f"{type(encoder).__name__} gives single vectors; token vectors need model=colbert")
+        keep = token_mask(vectors)  # (b, L)
+        vectors = vectors.to(torch.float16)
+        for i, row in enumerate(rows):
+            per_text[row] = vectors[i][keep[i]].numpy()  # (L_i, dim)
     lengths = np.array([len(v) for v in per_text], dtype=np.int64)
     return np.concatenate(per_text), lengths
 
@@ -151,6 +132,25 @@ class MultiVectorIndex:
         scores = packed_maxsim(q, self.tokens[rows], lengths)  # (C,)
         top = np.argsort(-scores, kind="stable")[:k]
         return scores[top], docs[top]
+
+    def exact_scores(self, queries: Sequence[np.ndarray], group: int = 16) -> np.ndarray:
+        """Exact MaxSim of every query (each ``(Lq_i, dim)``) with every document: ``(n_queries, N)`` float32.
+        The store is cast to float32 once and queries of one length are scored ``group`` at a time in one
+        matrix product, so scoring the whole corpus for many queries (a refresh's positive ranks) costs a few
+        large products instead of one cast and gather per query."""
+        tokens = torch.from_numpy(self.tokens).float()  # (T, dim)
+        lengths = torch.as_tensor(self.lengths)
+        out = np.zeros((len(queries), len(self.ids)), dtype=np.float32)
+        by_length: dict[int, list[int]] = {}
+        for i, q in enumerate(queries):
+            by_length.setdefault(len(q), []).append(i)
+        for length, members in by_length.items():
+            for start in range(0, len(members), group):
+                rows = members[start : start + group]
+                q = torch.as_tensor(np.concatenate([queries[i] for i in rows]), dtype=torch.float32)  # (g*Lq, dim)
+                best = torch.segment_reduce(tokens @ q.T, "max", lengths=lengths, axis=0)  # (N, g*Lq)
+                out[rows] = best.reshape(len(self.ids), len(rows), length).sum(dim=2).T.numpy()
+        return out
 
     def search(self, q: np.ndarray, k: int, per_token: int) -> tuple[np.ndarray, list[str]]:
         """End to end: FAISS candidates for query ``q`` ``(Lq, dim)``, re-ranked by exact MaxSim."""

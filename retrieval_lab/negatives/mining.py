@@ -43,15 +43,23 @@ def positive_ranks(
     >>> positive_ranks(q, d, ["q"], ["a", "b", "c"], {"q": {"b", "c"}})
     [3, 2]
     """
-    row = {did: i for i, did in enumerate(doc_ids)}
     ranks: list[int] = []
     for start in range(0, len(qids), chunk):
         scores = query_vectors[start : start + chunk] @ doc_vectors.T  # (c, N)
-        for i, qid in enumerate(qids[start : start + chunk]):
-            for did in sorted(positives[qid]):
-                if did in row:
-                    ranks.append(int((scores[i] > scores[i, row[did]]).sum()) + 1)
+        ranks += ranks_in_scores(scores, qids[start : start + chunk], doc_ids, positives)
     return ranks
+
+
+def ranks_in_scores(scores: np.ndarray, qids: list[str], doc_ids: list[str], positives) -> list[int]:
+    """The rank of each positive of each query in its row of ``scores`` ``(len(qids), len(doc_ids))``: one plus
+    the documents scoring strictly higher."""
+    row = {did: i for i, did in enumerate(doc_ids)}
+    return [
+        int((scores[i] > scores[i, row[did]]).sum()) + 1
+        for i, qid in enumerate(qids)
+        for did in sorted(positives[qid])
+        if did in row
+    ]
 
 
 def table_overlap(a: dict[str, list[str]], b: dict[str, list[str]]) -> float:
@@ -95,7 +103,7 @@ def mine_ann_negatives(
     """
     if encoder.multi_vector:
         return _mine_late_interaction(encoder, corpus, queries, positives, top_k, batch_size, query_batch_size,
-                                      precision, device, show_progress)  # fmt: skip
+                                      precision, device, show_progress, doc_max_length)  # fmt: skip
     encode_args = {"precision": precision, "show_progress": show_progress, "device": device}
     start = time.perf_counter()
     doc_ids, qids = list(corpus), list(queries)
@@ -118,7 +126,7 @@ def mine_ann_negatives(
 
 
 def _mine_late_interaction(encoder, corpus, queries, positives, top_k, batch_size, query_batch_size, precision,
-                           device, show_progress) -> MinedNegatives:  # fmt: skip
+                           device, show_progress, doc_max_length) -> MinedNegatives:  # fmt: skip
     """A late-interaction encoder (ColBERT) mines through its own end-to-end retrieval (FAISS candidates over
     token vectors, exact MaxSim); positive ranks come from exact MaxSim over every document."""
     from retrieval_lab.retrievers.colbert import ColbertRetriever  # the retriever imports the index layer
@@ -126,20 +134,17 @@ def _mine_late_interaction(encoder, corpus, queries, positives, top_k, batch_siz
     start = time.perf_counter()
     args = {"batch_size": batch_size, "query_batch_size": query_batch_size, "precision": precision}
     retriever = ColbertRetriever(encoder, mode="end_to_end", device=str(device or "cpu"), show_progress=show_progress,
-                                 **args)  # fmt: skip
+                                 doc_max_length=doc_max_length, **args)  # fmt: skip
     retriever.index(corpus)
     qids = list(queries)
     vectors = retriever.query_vectors([queries[q] for q in qids])
     indexed = time.perf_counter()
     build = retriever.timings["build_index_s"]
-    store, negatives, ranks = retriever.store, {}, []
-    every_doc = np.arange(len(store.ids))
+    store, negatives = retriever.store, {}
     for qid, q in zip(qids, vectors, strict=True):
         _, ranked = store.search(q, top_k + len(positives[qid]), retriever.candidates_per_token)
         negatives[qid] = [d for d in ranked if d not in positives[qid]][:top_k]
-        _, order = store.rerank(q, every_doc, len(every_doc))  # rows, best first
-        position = {store.ids[row]: i + 1 for i, row in enumerate(order)}
-        ranks += [position[d] for d in sorted(positives[qid]) if d in position]
+    ranks = ranks_in_scores(store.exact_scores(vectors), qids, store.ids, positives)  # exact MaxSim, every document
     mined = time.perf_counter()
     seconds = {"encode": indexed - start - build, "index": build, "mine": mined - indexed}
     return MinedNegatives(negatives, ranks, seconds)

@@ -39,6 +39,7 @@ class ColbertRetriever(Retriever):
         precision: str = "auto",
         device: str = "cpu",
         show_progress: bool = True,
+        doc_max_length: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"retriever.mode must be one of {MODES}, got {mode!r}")
@@ -46,12 +47,15 @@ class ColbertRetriever(Retriever):
             raise ValueError("retriever.mode=rerank needs retriever.first_stage (e.g. BM25)")
         if rerank_depth < 1 or candidates_per_token < 1:
             raise ValueError("retriever.rerank_depth and retriever.candidates_per_token must be >= 1")
+        if doc_max_length is not None and doc_max_length < 2:
+            raise ValueError(f"retriever.doc_max_length must be at least 2 or null, got {doc_max_length}")
         resolve_precision(precision, torch.device(device))  # refuse a bad value before any encoding
         self.encoder = encoder.to(device)
         self.mode, self.first_stage, self.rerank_depth = mode, first_stage, rerank_depth
         self.index_factory, self.nprobe, self.candidates_per_token = index_factory, nprobe, candidates_per_token
         self.batch_size, self.query_batch_size = batch_size, query_batch_size
         self.encode_args = {"precision": precision, "show_progress": show_progress, "device": device}
+        self.doc_max_length = min(doc_max_length or encoder.doc_max_length, encoder.doc_max_length)
         self.store: MultiVectorIndex | None = None
         self.timings: dict[str, float] = {}
 
@@ -64,7 +68,9 @@ class ColbertRetriever(Retriever):
             raise ValueError(f"retriever=colbert needs token vectors: use model=colbert, not {type(self.encoder)}")
         start = time.perf_counter()
         texts = [doc.full_text() for doc in corpus.values()]
-        tokens, lengths = encode_token_vectors(self.encoder, texts, "docs", self.batch_size, **self.encode_args)
+        tokens, lengths = encode_token_vectors(
+            self.encoder, texts, "docs", self.batch_size, max_length=self.doc_max_length, **self.encode_args
+        )
         encoded = time.perf_counter()
         self.store = MultiVectorIndex(tokens.shape[1], self.index_factory, self.nprobe, self.mode == "end_to_end")
         self.store.add(tokens, lengths, list(corpus))
