@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from retrieval_lab.data.beir import Document
+from retrieval_lab.index.encode import encode_texts
 from retrieval_lab.index.multi_vector import MultiVectorIndex, encode_token_vectors
 from retrieval_lab.models.colbert import ColBERT
 from retrieval_lab.models.export import export_encoder
@@ -134,6 +135,9 @@ def test_tct_loss_zero_iff_scores_equal():
     assert tct_kd_loss(scores, scores.clone(), 0.25).item() == 0.0
     assert tct_kd_loss(scores + 3.0, scores, 0.25).abs().item() < 1e-6  # a per-query shift is the same softmax
     assert tct_kd_loss(scores.flip(1), scores, 0.25).item() > 0.1
+    # each side at its own temperature: a teacher on a 20x scale matches a student at a 20x smaller temperature
+    assert tct_kd_loss(scores, 20 * scores, 0.05, teacher_temperature=1.0).abs().item() < 1e-5
+    assert tct_kd_loss(scores, 20 * scores, 0.05).item() > 0.05  # one temperature for both: they differ
 
 
 def test_colbert_export_round_trip(tiny_colbert, tmp_path):
@@ -190,6 +194,37 @@ def test_end_to_end_search_matches_exact_maxsim(tiny_colbert, tmp_path):
     index.save(tmp_path / "mv")
     loaded = MultiVectorIndex.load(tmp_path / "mv")
     assert loaded.search(q, 5, per_token=len(tokens))[1] == ids and loaded.nbytes == index.nbytes > tokens.nbytes
+
+
+def test_batched_exact_scores_match_one_query_at_a_time(tiny_colbert):
+    index = MultiVectorIndex(16, build_ann=False)
+    index.add(*encode_token_vectors(tiny_colbert, [d.full_text() for d in CORPUS.values()], show_progress=False),
+              list(CORPUS))  # fmt: skip
+    retriever = ColbertRetriever(tiny_colbert, mode="end_to_end", show_progress=False)
+    queries = retriever.query_vectors(list(QUERIES.values()))
+    queries[1] = queries[1][:5]  # a query of another length is scored in its own group
+    scores = index.exact_scores(queries, group=3)  # (Q, N)
+    assert scores.shape == (len(queries), len(CORPUS))
+    every_doc = np.arange(len(CORPUS))
+    for q, row in zip(queries, scores, strict=True):
+        top, rows = index.rerank(q, every_doc, len(CORPUS))
+        assert np.allclose(row[rows], top, atol=1e-5)
+
+
+def test_colbert_index_can_cut_documents_shorter(tiny_colbert):
+    texts = [d.full_text() for d in CORPUS.values()]
+    full = ColbertRetriever(tiny_colbert, mode="end_to_end", show_progress=False)
+    short = ColbertRetriever(tiny_colbert, mode="end_to_end", show_progress=False, doc_max_length=6)
+    full.index(CORPUS)
+    short.index(CORPUS)
+    assert short.store.lengths.max() <= 6 < full.store.lengths.max()
+    assert ColbertRetriever(tiny_colbert, doc_max_length=10**6, first_stage=BM25Retriever()).doc_max_length == (
+        tiny_colbert.doc_max_length
+    )  # never longer than the model's
+    with pytest.raises(ValueError, match="doc_max_length"):
+        ColbertRetriever(tiny_colbert, mode="end_to_end", doc_max_length=1)
+    with pytest.raises(ValueError, match="token vectors"):
+        encode_texts(tiny_colbert, texts[:2], show_progress=False)
 
 
 @pytest.mark.parametrize("mode", ["rerank", "end_to_end"])

@@ -11,9 +11,12 @@ from torch import nn
 from retrieval_lab.models.base import Batch, Encoder
 
 
-def tct_kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher || student) between each query's softmax over its row of ``(B, N)`` scores divided by
-    ``temperature``, averaged over the queries. Zero exactly when the two score matrices are equal.
+def tct_kd_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float, teacher_temperature: float | None = None
+) -> torch.Tensor:
+    """KL(teacher || student) between each query's softmax over its row of ``(B, N)`` scores, the student's
+    divided by ``temperature`` and the teacher's by ``teacher_temperature`` (None: the same), averaged over the
+    queries. Zero exactly when the two scaled score matrices are equal.
 
     >>> s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     >>> tct_kd_loss(s, s.clone(), 0.25).item()
@@ -22,7 +25,7 @@ def tct_kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float
     0.4621
     """
     log_student = F.log_softmax(student / temperature, dim=-1)  # (B, N)
-    log_teacher = F.log_softmax(teacher / temperature, dim=-1)  # (B, N)
+    log_teacher = F.log_softmax(teacher / (teacher_temperature or temperature), dim=-1)  # (B, N)
     return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean")  # ()
 
 
@@ -32,20 +35,30 @@ class TCTDistill(nn.Module):
 
     The teacher re-tokenizes the student's batch for itself (decoding the student's ids with its own tokenizer),
     so both must share a vocabulary, as the packaged MiniLM and a ColBERT built from it do. It is frozen and
-    kept in eval mode (no dropout). ``ce_weight`` mixes in the supervised InfoNCE term on the student's scores:
-    ``(1 - w) * KL + w * CE``. Each rank distils over its own batch (nothing is gathered across ranks).
+    kept in eval mode (no dropout). ``teacher_temperature`` (None: ``temperature``) scales the teacher's scores
+    on their own, for a student whose scores live on another scale (cosines against MaxSim sums). ``ce_weight``
+    mixes in the supervised InfoNCE term on the student's scores: ``(1 - w) * KL + w * CE``. Each rank distils
+    over its own batch (nothing is gathered across ranks).
     """
 
     needs_batch = True  # RetrievalModule passes the tokenized batch
 
-    def __init__(self, teacher: Encoder, temperature: float = 0.25, ce_weight: float = 0.0) -> None:
+    def __init__(
+        self,
+        teacher: Encoder,
+        temperature: float = 0.25,
+        ce_weight: float = 0.0,
+        teacher_temperature: float | None = None,
+    ) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"objective.temperature must be > 0, got {temperature}")
+        for key, value in (("temperature", temperature), ("teacher_temperature", teacher_temperature)):
+            if value is not None and not value > 0:
+                raise ValueError(f"objective.{key} must be > 0, got {value}")
         if not 0 <= ce_weight <= 1:
             raise ValueError(f"objective.ce_weight must be in [0, 1], got {ce_weight}")
         self.teacher = teacher.requires_grad_(False).eval()
         self.temperature, self.ce_weight = float(temperature), float(ce_weight)
+        self.teacher_temperature = None if teacher_temperature is None else float(teacher_temperature)
 
     def train(self, mode: bool = True) -> TCTDistill:
         super().train(mode)
@@ -77,7 +90,7 @@ class TCTDistill(nn.Module):
         teacher = self.teacher_scores(batch).to(student.dtype)  # (B, N)
         if teacher.shape != student.shape:
             raise ValueError(f"teacher scores {tuple(teacher.shape)} do not match the student's {tuple(student.shape)}")
-        loss = tct_kd_loss(student, teacher, self.temperature)  # ()
+        loss = tct_kd_loss(student, teacher, self.temperature, self.teacher_temperature)  # ()
         if self.ce_weight:
             labels = torch.arange(q.shape[0], device=q.device)  # (B,) positives come first
             loss = (1 - self.ce_weight) * loss + self.ce_weight * F.cross_entropy(student / self.temperature, labels)
