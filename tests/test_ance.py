@@ -316,3 +316,17 @@ def test_refresh_interval_sweep_is_one_multirun(compose_cfg):
     assert sweep.hydra.sweeper.params["index_refresh.every_n_steps"].split(",")[0] == "null"
     cfg = compose_cfg(["experiment=ance_scifact"])
     assert cfg.negatives._target_.endswith("AnnNegatives") and cfg.index_refresh.every_n_steps >= 1
+
+
+def test_negatives_comparison_is_one_multirun_and_only_ance_refreshes(compose_cfg):
+    sweep = OmegaConf.load(CONF / "experiment" / "ance_scifact_negatives.yaml")
+    assert sweep.hydra.mode == "MULTIRUN"
+    arms = sweep.hydra.sweeper.params["+experiment/negatives_arm"].split(",")
+    assert arms == ["in_batch", "bm25", "ance"]
+    cfgs = {arm: compose_cfg(["experiment=ance_scifact_negatives", f"+experiment/negatives_arm={arm}"]) for arm in arms}
+    assert cfgs["in_batch"].get("index_refresh") is None and cfgs["bm25"].get("index_refresh") is None
+    ance, bm25 = cfgs["ance"], cfgs["bm25"]
+    assert ance.negatives._target_.endswith("AnnNegatives") and ance.index_refresh.every_n_steps >= 1
+    assert ance.negatives.top_k == ance.index_refresh.top_k == bm25.negatives.top_k == ance.negatives.warmup.top_k
+    same_budget = ("trainer", "datamodule", "module")
+    assert all(OmegaConf.to_yaml(ance[k]) == OmegaConf.to_yaml(bm25[k]) for k in same_budget)
