@@ -271,6 +271,8 @@ def test_evaluate_task_with_colbert_and_hybrid(compose_cfg, tmp_path, retriever)
     metrics = train(compose_cfg(overrides))
     assert 0.0 <= metrics["test"]["ndcg@10"] <= 1.0
     assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == metrics
+    if retriever == "colbert":  # the index size and query latency are reported with the metrics
+        assert metrics["retrieval"]["index_bytes"] > 0 and metrics["retrieval"]["search_s_per_query"] > 0
 
 
 def test_fusions_rank_as_their_sides():

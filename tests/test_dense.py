@@ -74,7 +74,8 @@ def test_dense_evaluate_end_to_end(compose_cfg, tmp_path):
     metrics = train(cfg)
     out = tmp_path / "out"
     on_disk = json.loads((out / "metrics.json").read_text())
-    assert on_disk == metrics and set(on_disk) == {"test"}
+    assert on_disk == metrics and set(on_disk) == {"test", "retrieval"}
+    assert on_disk["retrieval"]["encode_corpus_s"] > 0 and on_disk["retrieval"]["search_s_per_query"] > 0
     assert set(on_disk["test"]) >= {"ndcg@10", "mrr@10", "recall@100", "map@100"}
     lines = (out / "run.test.trec").read_text().splitlines()
     assert {line.split()[0] for line in lines} == {"q1", "q2", "q3"}

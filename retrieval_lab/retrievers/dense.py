@@ -56,10 +56,12 @@ class DenseRetriever(Retriever):
     def search(self, queries: dict[str, str], k: int) -> Run:
         if self.faiss is None:
             raise RuntimeError("DenseRetriever.search called before index()")
+        start = time.perf_counter()
         vectors = encode_texts(
             self.encoder, list(queries.values()), "queries", self.query_batch_size, **self.encode_args
         )
         scores, ids = self.faiss.search(vectors, k)
+        self.timings["search_s_per_query"] = (time.perf_counter() - start) / max(1, len(queries))  # batched
         return {
             qid: {did: float(s) for did, s in zip(row_ids, row_scores, strict=False)}
             for qid, row_ids, row_scores in zip(queries, ids, scores, strict=True)

@@ -41,6 +41,17 @@ def evaluate_retriever(
     return results
 
 
+def retrieval_costs(retriever: Retriever) -> dict[str, float]:
+    """What the retriever measured about itself (``timings``: corpus encoding, index build, search seconds per
+    query; ``index_bytes``), for the ``retrieval`` entry of ``metrics.json``; empty where it measures nothing."""
+    costs = {k: round(float(v), 6) for k, v in (getattr(retriever, "timings", None) or {}).items()}
+    if getattr(retriever, "index_bytes", None):
+        costs["index_bytes"] = int(retriever.index_bytes)
+    if costs:
+        log.info("retrieval costs: %s", costs)
+    return costs
+
+
 def check_eval_args(splits: Sequence[str], metrics: Sequence[str], top_k: int) -> None:
     """Refuse bad ``task.*`` values before any data is read."""
     if not splits:
@@ -63,7 +74,9 @@ def run(cfg: DictConfig, splits: Sequence[str], metrics: Sequence[str], top_k: i
         raise ValueError(f"task.splits {missing} not in dataset {dataset.name!r} (has {sorted(dataset.qrels)})")
     retriever: Retriever = instantiate(cfg.retriever)
     start = time.perf_counter()
-    results = evaluate_retriever(retriever, dataset, splits, metrics, top_k, output_dir)
+    results: dict = evaluate_retriever(retriever, dataset, splits, metrics, top_k, output_dir)
     log.info("Evaluation took %.1fs", time.perf_counter() - start)
+    if costs := retrieval_costs(retriever):
+        results["retrieval"] = costs
     write_json(output_dir / "metrics.json", results)
     return results

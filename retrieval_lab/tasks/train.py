@@ -18,7 +18,7 @@ from retrieval_lab.models.export import export_encoder
 from retrieval_lab.retrievers.base import Retriever
 from retrieval_lab.retrievers.colbert import ColbertRetriever
 from retrieval_lab.retrievers.dense import DenseRetriever
-from retrieval_lab.tasks.evaluate import check_eval_args, evaluate_retriever
+from retrieval_lab.tasks.evaluate import check_eval_args, evaluate_retriever, retrieval_costs
 from retrieval_lab.train import FitResult, fit
 from retrieval_lab.utils.io import write_json
 
@@ -65,6 +65,8 @@ def evaluate_best(cfg: DictConfig, result: FitResult, splits, metrics, top_k: in
     retriever: Retriever = instantiate(cfg.retriever, encoder=result.model.encoder)
     results: dict = evaluate_retriever(retriever, dataset, splits, metrics, top_k, output_dir)
     results["train"] = training_summary(result, best, seconds)
+    if costs := retrieval_costs(retriever):
+        results["retrieval"] = costs
     for logger in result.loggers:
         logger.log_metrics({f"{s}/{k}": v for s in splits for k, v in results[s].items()}, result.trainer.global_step)
         if isinstance(logger, WandbLogger):  # the run summary holds the final figures, whatever is logged later
