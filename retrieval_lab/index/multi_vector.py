@@ -18,7 +18,7 @@ import torch
 
 from retrieval_lab.index.encode import encoded_batches
 from retrieval_lab.models.base import Encoder
-from retrieval_lab.scoring.maxsim import packed_maxsim, token_mask
+from retrieval_lab.scoring.maxsim import packed_maxsim, segment_maxsim, token_mask
 from retrieval_lab.utils.io import atomic_dir
 
 
@@ -144,12 +144,11 @@ class MultiVectorIndex:
         by_length: dict[int, list[int]] = {}
         for i, q in enumerate(queries):
             by_length.setdefault(len(q), []).append(i)
-        for length, members in by_length.items():
+        for members in by_length.values():
             for start in range(0, len(members), group):
                 rows = members[start : start + group]
-                q = torch.as_tensor(np.concatenate([queries[i] for i in rows]), dtype=torch.float32)  # (g*Lq, dim)
-                best = torch.segment_reduce(tokens @ q.T, "max", lengths=lengths, axis=0)  # (N, g*Lq)
-                out[rows] = best.reshape(len(self.ids), len(rows), length).sum(dim=2).T.numpy()
+                q = torch.as_tensor(np.stack([queries[i] for i in rows]), dtype=torch.float32)  # (g, Lq, dim)
+                out[rows] = segment_maxsim(tokens, lengths, q).numpy()  # (g, N)
         return out
 
     def search(self, q: np.ndarray, k: int, per_token: int) -> tuple[np.ndarray, list[str]]:

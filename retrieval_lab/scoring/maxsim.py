@@ -1,7 +1,8 @@
 """Late-interaction (ColBERT MaxSim) scores as pure functions over token vectors and masks.
 
 ``maxsim_scores`` scores padded ``(B, L, d)`` batches (training, re-ranking a few candidates);
-``packed_maxsim`` scores one query against documents stored back to back as ``(T, d)`` rows (the index).
+``segment_maxsim`` scores a stack of queries against documents stored back to back as ``(T, d)`` rows (the
+index); ``packed_maxsim`` is its one-query numpy form.
 Where no mask is given, all-zero token vectors count as padding: ColBERT zeroes the vectors it drops, and an
 L2-normalized vector is never zero, so the mask travels with the vectors through gathers and slices.
 """
@@ -44,20 +45,35 @@ def maxsim_scores(
     return (best * q_mask[:, None, :].to(best.dtype)).sum(dim=-1)  # (Bq, Bd)
 
 
+def segment_maxsim(tokens: torch.Tensor, lengths: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """MaxSim of each of ``g`` equal-length queries ``(g, Lq, dim)`` with documents whose token vectors lie back
+    to back in ``tokens`` ``(T, dim)``, document i owning the next ``lengths[i]`` rows: ``(g, n)``. One matrix
+    product for the whole stack, then a segment max per document and a sum over query tokens.
+
+    >>> tokens = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
+    >>> segment_maxsim(tokens, torch.tensor([2, 1]), torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 2.0], [0.0, 0.0]]]))
+    tensor([[1.5000, 1.0000],
+            [1.0000, 2.0000]])
+    """
+    g, length, dim = queries.shape
+    if lengths.numel() and int(lengths.min()) < 1:
+        raise ValueError("MaxSim over packed documents: every document needs at least one token vector")
+    sims = tokens @ queries.reshape(g * length, dim).T  # (T, g*Lq)
+    best = torch.segment_reduce(sims, "max", lengths=lengths, axis=0)  # (n, g*Lq)
+    return best.reshape(len(lengths), g, length).sum(dim=2).T  # (g, n)
+
+
 def packed_maxsim(q: np.ndarray, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """MaxSim of one query ``(Lq, dim)`` with documents whose token vectors lie back to back in ``tokens``
-    ``(T, dim)``, document i owning the next ``lengths[i]`` rows (every length >= 1). Returns ``(n,)`` float32.
+    """``segment_maxsim`` of one query ``(Lq, dim)`` with numpy (fp16 or fp32) token vectors: ``(n,)`` float32.
 
     >>> q = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
     >>> tokens = np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]], dtype=np.float16)
     >>> packed_maxsim(q, tokens, np.array([2, 1]))
     array([1.5, 1. ], dtype=float32)
     """
-    lengths = torch.as_tensor(np.asarray(lengths, dtype=np.int64))  # (n,)
     if not len(lengths):
         return np.zeros(0, dtype=np.float32)
-    if lengths.min() < 1:
-        raise ValueError("packed_maxsim: every document needs at least one token vector")
     # torch: its fp16 -> fp32 cast and segment max run several times faster than numpy's astype and reduceat
-    sims = torch.from_numpy(tokens).float() @ torch.as_tensor(q, dtype=torch.float32).T  # (T, Lq)
-    return torch.segment_reduce(sims, "max", lengths=lengths, axis=0).sum(dim=1).numpy()  # (n,)
+    lengths = torch.as_tensor(np.asarray(lengths, dtype=np.int64))  # (n,)
+    query = torch.as_tensor(q, dtype=torch.float32)[None]  # (1, Lq, dim)
+    return segment_maxsim(torch.from_numpy(tokens).float(), lengths, query)[0].numpy()  # (n,)
