@@ -145,3 +145,26 @@ def test_unknown_metric_or_folder_is_a_clear_error(grid_sweep: Path, tmp_path: P
         build_report([tmp_path], ["ndcg@10"])
     with pytest.raises(SystemExit):
         main([str(grid_sweep), "--split", "dev"])
+
+
+def test_mean_over_seed_averages_jobs_that_differ_only_in_seed(tmp_path: Path, capsys):
+    root = tmp_path / "seeds"
+    runs = [("in_batch", "0", 0.60), ("in_batch", "1", 0.64), ("bm25", "0", 0.70), ("bm25", "1", None)]
+    for num, (negatives, seed, ndcg) in enumerate(runs):
+        metrics = None if ndcg is None else {"ndcg@10": ndcg, "recall@100": 0.9}
+        write_job(root, num, [f"negatives={negatives}", f"seed={seed}"], metrics, log="" if metrics else FAILED_LOG)
+    assert main([str(root), "--metrics", "ndcg@10,recall@100", "--mean-over", "seed"]) == 0
+    out = capsys.readouterr().out
+    assert "### Mean ± sample std over `seed`" in out
+    assert "| in_batch | 0,1 | 2 | 0.620 ± 0.028 | 0.900 ± 0.000 |" in out  # std of 0.60, 0.64; ties not bold
+    assert "| bm25 | 0,1 | 1 | **0.700** | 0.900 |" in out  # the failed seed is left out of the mean
+    with (root / "report_mean.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["negatives"] for r in rows] == ["in_batch", "bm25"]
+    assert float(rows[0]["ndcg@10"]) == pytest.approx(0.62) and float(rows[0]["ndcg@10_std"]) == pytest.approx(
+        0.0283, abs=1e-4
+    )
+    assert rows[1]["n"] == "1" and rows[1]["ndcg@10_std"] == ""
+    assert read_png(root / "report.png").shape[1] > 0
+    with pytest.raises(ReportError, match=r"--mean-over trainer.lr: not an override that differs"):
+        build_report([root], ["ndcg@10"], mean_over="trainer.lr")

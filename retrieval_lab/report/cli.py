@@ -24,6 +24,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="a multirun folder (or a single run folder)")
     p.add_argument("--metrics", default=DEFAULT_METRICS, help=f"comma-separated (default {DEFAULT_METRICS})")
     p.add_argument("--split", default="test", help="the metrics.json split to report (default test)")
+    p.add_argument("--mean-over", default=None, metavar="KEY",
+                   help="also a table (and report_mean.csv) of the jobs that differ only in this swept override "
+                   "(e.g. seed) averaged: mean ± sample std and n")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the first DIR)")
     return p
 
@@ -34,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not metrics:
         parser().error("--metrics is empty")
     try:
-        report = build_report(args.dirs, metrics, args.split)
+        report = build_report(args.dirs, metrics, args.split, args.mean_over)
     except ReportError as err:
         parser().error(str(err))
     out = args.out or args.dirs[0]

@@ -70,6 +70,7 @@ class Report:
     metrics: list[str]
     split: str
     sources: list[Path] = field(default_factory=list)
+    mean_over: str | None = None  # a swept key (e.g. seed) whose jobs are also summarised as mean and std
 
     @property
     def datasets(self) -> list[str]:
@@ -181,8 +182,11 @@ def split_overrides(jobs: Sequence[Job]) -> tuple[list[str], dict[str, str]]:
     return swept, constant
 
 
-def build_report(dirs: Sequence[str | Path], metrics: Sequence[str], split: str = "test") -> Report:
-    """Collect the jobs and check that the metrics exist in the finished ones (naming those that do)."""
+def build_report(
+    dirs: Sequence[str | Path], metrics: Sequence[str], split: str = "test", mean_over: str | None = None
+) -> Report:
+    """Collect the jobs and check that the metrics exist in the finished ones (naming those that do), and that
+    ``mean_over`` is a swept override."""
     jobs = collect_jobs(dirs)
     finished = [job for job in jobs if job.metrics is not None]
     if finished:
@@ -194,4 +198,6 @@ def build_report(dirs: Sequence[str | Path], metrics: Sequence[str], split: str 
         if unknown:
             raise ReportError(f"metrics {unknown} not in the {split!r} results (available: {available})")
     swept, constant = split_overrides(jobs)
-    return Report(jobs, swept, constant, list(metrics), split, [Path(d) for d in dirs])
+    if mean_over is not None and mean_over not in swept:
+        raise ReportError(f"--mean-over {mean_over}: not an override that differs between jobs (those: {swept})")
+    return Report(jobs, swept, constant, list(metrics), split, [Path(d) for d in dirs], mean_over)

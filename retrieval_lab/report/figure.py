@@ -20,13 +20,18 @@ from retrieval_lab.utils.io import atomic_file
 JOB_AXIS = "job"  # the x axis when nothing is swept: one bar per job
 
 
+def plotted(report: Report) -> list[str]:
+    """The swept overrides that get axes and series; jobs differing only in ``mean_over`` share a point (mean)."""
+    return [key for key in report.swept if key != report.mean_over]
+
+
 def _x_value(report: Report, job, param: str) -> str:
     return job.label if param == JOB_AXIS else job.value(param)
 
 
 def series_points(report: Report, metric: str, param: str) -> dict[tuple[str, ...], dict[str, list[float | None]]]:
     """``{other overrides' values: {x value: [metric of each job there, None if it failed]}}``."""
-    others = [k for k in report.swept if k != param]
+    others = [k for k in plotted(report) if k != param]
     points: dict = defaultdict(lambda: defaultdict(list))
     for job in report.jobs:
         key = tuple(job.value(k) for k in others)
@@ -40,7 +45,7 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _series_label(report: Report, param: str, key: tuple[str, ...]) -> str:
-    others = [k for k in report.swept if k != param]
+    others = [k for k in plotted(report) if k != param]
     if len(others) == 1:
         return key[0]
     return ", ".join(f"{k}={v}" for k, v in zip(others, key, strict=True))
@@ -48,7 +53,7 @@ def _series_label(report: Report, param: str, key: tuple[str, ...]) -> str:
 
 def _legend(ax: Axes, report: Report, param: str, n_series: int) -> None:
     if n_series > 1:
-        others = [k for k in report.swept if k != param]
+        others = [k for k in plotted(report) if k != param]
         title = others[0] if len(others) == 1 else None
         ax.legend(title=title, fontsize="small", title_fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
 
@@ -98,7 +103,7 @@ def plot_bars(ax: Axes, report: Report, metric: str, param: str) -> float:
 
 def draw(report: Report) -> Figure:
     """One row of panels per metric, one column per swept override."""
-    params = report.swept or [JOB_AXIS]
+    params = plotted(report) or [JOB_AXIS]
     dataset = ", ".join(report.datasets) or "unknown dataset"
     fig = Figure(figsize=(6.5 * len(params), 3.8 * len(report.metrics) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import statistics
 from pathlib import Path
 
 from retrieval_lab.report.collect import Report
@@ -25,6 +26,71 @@ def rows(report: Report) -> list[dict]:
         row["note"] = job.note
         out.append(row)
     return out
+
+
+def mean_rows(report: Report) -> list[dict]:
+    """Jobs that differ only in ``report.mean_over`` (e.g. seed) as one row: the other swept overrides, the
+    ``mean_over`` values, ``n`` (finished jobs) and each metric as ``(mean, sample std or None when n < 2)``
+    over the finished jobs (None when none finished), in the order the groups first appear."""
+    over = report.mean_over
+    keys = [k for k in report.swept if k != over]
+    groups: dict[tuple[str, ...], list] = {}
+    for job in report.jobs:
+        groups.setdefault(tuple(job.value(k) for k in keys), []).append(job)
+    out = []
+    for values, jobs in groups.items():
+        row: dict = dict(zip(keys, values, strict=True))
+        row[over] = ",".join(job.value(over) for job in jobs)
+        finished = [job for job in jobs if job.status == "ok"]
+        row["n"] = len(finished)
+        for name in report.metrics:
+            xs = [x for job in finished if (x := job.metric(report.split, name)) is not None]
+            row[name] = (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else None) if xs else None
+        out.append(row)
+    return out
+
+
+def _mean_cell(value: tuple[float, float | None] | None) -> str:
+    if value is None:
+        return "–"
+    mean, std = value
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def mean_markdown(report: Report) -> list[str]:
+    """The ``mean_rows`` table as Markdown lines (best mean per metric bold)."""
+    table = mean_rows(report)
+    cols = [*(k for k in report.swept if k != report.mean_over), report.mean_over, "n", *report.metrics]
+    means = {m: {r[m][0] for r in table if r[m] is not None} for m in report.metrics}
+    best = {m: max(v) for m, v in means.items() if len(v) > 1}
+    lines = [f"### Mean ± sample std over `{report.mean_over}`", ""]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in table:
+        cells = []
+        for c in cols:
+            if c in report.metrics:
+                text = _mean_cell(r[c])
+                cells.append(f"**{text}**" if c in best and r[c] is not None and r[c][0] == best[c] else text)
+            else:
+                cells.append(_cell(r[c]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def mean_csv(report: Report) -> str:
+    """``mean_rows`` with each metric as two unrounded columns, ``<metric>`` (mean) and ``<metric>_std``."""
+    cols = [*(k for k in report.swept if k != report.mean_over), report.mean_over, "n"]
+    cols += [c for m in report.metrics for c in (m, f"{m}_std")]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    for r in mean_rows(report):
+        flat = {k: r[k] for k in cols if k in r and k not in report.metrics}
+        for m in report.metrics:
+            mean, std = r[m] if r[m] is not None else (None, None)
+            flat[m], flat[f"{m}_std"] = ("" if mean is None else mean), ("" if std is None else std)
+        writer.writerow(flat)
+    return buffer.getvalue()
 
 
 def caption(report: Report) -> str:
@@ -66,6 +132,8 @@ def to_markdown(report: Report, command: str | None = None) -> str:
             is_best = c in best and r[c] == best[c]
             cells.append(f"**{text}**" if is_best else text)
         lines.append("| " + " | ".join(cells) + " |")
+    if report.mean_over:
+        lines += ["", *mean_markdown(report)]
     return "\n".join(lines) + "\n"
 
 
@@ -82,4 +150,6 @@ def to_csv(report: Report) -> str:
 def write_tables(report: Report, out_dir: Path, command: str | None = None) -> tuple[Path, Path]:
     md = atomic_write_text(Path(out_dir) / "report.md", to_markdown(report, command))
     csv_path = atomic_write_text(Path(out_dir) / "report.csv", to_csv(report))
+    if report.mean_over:
+        atomic_write_text(Path(out_dir) / "report_mean.csv", mean_csv(report))
     return md, csv_path
