@@ -90,11 +90,13 @@ def plot_bars(ax: Axes, report: Report, metric: str, param: str) -> float:
             if y is not None:
                 ys.append(y)
         bars = ax.bar(xs, ys, width, label=_series_label(report, param, key) if param != JOB_AXIS else None)
-        ax.bar_label(bars, fmt="%.3f", fontsize="x-small", padding=2)
+        ax.bar_label(bars, fmt="%.3f", fontsize="xx-small" if len(levels) * len(points) > 12 else "x-small", padding=2,
+                     rotation=90 if len(levels) * len(points) > 12 else 0)  # fmt: skip
         for x in failed:
             ax.text(x, 0, "failed", rotation=90, ha="center", va="bottom", color="tab:red", fontsize="small")
         top = max([top, *ys])
-    ax.set_xticks(range(len(levels)), levels)
+    crowded = sum(len(str(level)) + 2 for level in levels) > 48  # labels that would run into each other
+    ax.set_xticks(range(len(levels)), levels, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     ax.set_xlim(-0.5, len(levels) - 0.5)  # keep the "failed" marks of empty slots inside the axes
     if param != JOB_AXIS:
         _legend(ax, report, param, len(points))
