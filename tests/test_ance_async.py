@@ -110,6 +110,27 @@ def test_ddp_sync_refresh_encodes_in_shards_and_mines_once(train_data, tmp_path)
     assert all(len(ids) == 3 and not set(ids) & positives[q] for q, ids in table.negatives.items())
 
 
+def test_ddp_async_refresh_runs_one_inferencer_and_every_rank_switches(train_data, tmp_path):
+    # 2 ranks x batch 4 over 16 queries: 4 steps; rank 0 starts an inferencer after step 2 and (max_staleness 1)
+    # waits for it at step 3, where both ranks switch to version 1; none starts after the last step
+    run_dir = tmp_path / "ddp_async"
+    overrides = [o for o in ASYNC if not o.startswith("index_refresh.every_n_steps")]
+    done = _cli(["data=beir", "data.name=tiny", f"paths.data_root={train_data}", f"hydra.run.dir={run_dir}",
+                 *overrides, "index_refresh.every_n_steps=2", "trainer=ddp", "trainer.max_epochs=2"],
+                capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = run_dir / "ance_tables"
+    assert tables.latest_version(folder) == 1 and not list((folder / "inferencer").glob("snapshot-*.pt"))
+    positives = _train_positives()
+    assert all(len(ids) == 3 and not set(ids) & positives[q] for q, ids in tables.load(folder, 1).negatives.items())
+    log_text = (run_dir / "train.log").read_text()
+    assert log_text.count("inferencer started for version") == 1
+    assert "index refresh at step 3" in log_text and "'staleness': 1" in log_text
+    rows = list(csv.DictReader((run_dir / "csv" / "version_0" / "metrics.csv").open()))
+    logged = [(int(r["step"]), int(float(r["index_refresh/version"]))) for r in rows if r.get("index_refresh/version")]
+    assert logged == [(3, 1)]
+
+
 def test_refresh_can_encode_documents_shorter_than_evaluation():
     encoder = BiEncoder(config_overrides=TINY_BERT, doc_max_length=32)
     corpus = {f"d{i}": Document("", " ".join(f"word{j}" for j in range(i, i + 40))) for i in range(3)}
