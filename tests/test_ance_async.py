@@ -94,14 +94,19 @@ def test_async_schedule_state_round_trips():
     assert (after.version, after.last_step, after.failures, after.history) == (2, 10, 1, before.history)
 
 
-def test_ddp_sync_refresh_encodes_in_shards_and_mines_once(train_data, tmp_path):
-    # 2 ranks x batch 4 over 16 queries: 2 steps an epoch, 4 in all; refreshes after steps 2 (not after 4)
-    run_dir = tmp_path / "ddp"
-    overrides = [o for o in ANCE if not o.startswith("index_refresh.every_n_steps")]
+def _ddp_run(overrides: list[str], train_data, run_dir):
+    """Train on the tiny data with 2 CPU ranks (gloo), a refresh every 2 steps, 2 epochs; the run folder."""
+    overrides = [o for o in overrides if not o.startswith("index_refresh.every_n_steps")]
     done = _cli(["data=beir", "data.name=tiny", f"paths.data_root={train_data}", f"hydra.run.dir={run_dir}",
                  *overrides, "index_refresh.every_n_steps=2", "trainer=ddp", "trainer.max_epochs=2"],
                 capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
+def test_ddp_sync_refresh_encodes_in_shards_and_mines_once(train_data, tmp_path):
+    # 2 ranks x batch 4 over 16 queries: 2 steps an epoch, 4 in all; refreshes after steps 2 (not after 4)
+    run_dir = _ddp_run(ANCE, train_data, tmp_path / "ddp")
     folder = run_dir / "ance_tables"
     assert tables.latest_version(folder) == 1
     table = tables.load(folder, 1)
@@ -113,12 +118,7 @@ def test_ddp_sync_refresh_encodes_in_shards_and_mines_once(train_data, tmp_path)
 def test_ddp_async_refresh_runs_one_inferencer_and_every_rank_switches(train_data, tmp_path):
     # 2 ranks x batch 4 over 16 queries: 4 steps; rank 0 starts an inferencer after step 2 and (max_staleness 1)
     # waits for it at step 3, where both ranks switch to version 1; none starts after the last step
-    run_dir = tmp_path / "ddp_async"
-    overrides = [o for o in ASYNC if not o.startswith("index_refresh.every_n_steps")]
-    done = _cli(["data=beir", "data.name=tiny", f"paths.data_root={train_data}", f"hydra.run.dir={run_dir}",
-                 *overrides, "index_refresh.every_n_steps=2", "trainer=ddp", "trainer.max_epochs=2"],
-                capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = _ddp_run(ASYNC, train_data, tmp_path / "ddp_async")
     folder = run_dir / "ance_tables"
     assert tables.latest_version(folder) == 1 and not list((folder / "inferencer").glob("snapshot-*.pt"))
     positives = _train_positives()
