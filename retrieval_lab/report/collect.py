@@ -73,6 +73,11 @@ class Report:
     mean_over: str | None = None  # a swept key (e.g. seed) whose jobs are also summarised as mean and std
 
     @property
+    def factors(self) -> list[str]:
+        """The swept overrides other than ``mean_over``: the mean table's groups, the figure's axes and series."""
+        return [key for key in self.swept if key != self.mean_over]
+
+    @property
     def datasets(self) -> list[str]:
         return list(dict.fromkeys(job.dataset for job in self.jobs if job.dataset))
 

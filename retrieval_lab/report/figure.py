@@ -20,18 +20,13 @@ from retrieval_lab.utils.io import atomic_file
 JOB_AXIS = "job"  # the x axis when nothing is swept: one bar per job
 
 
-def plotted(report: Report) -> list[str]:
-    """The swept overrides that get axes and series; jobs differing only in ``mean_over`` share a point (mean)."""
-    return [key for key in report.swept if key != report.mean_over]
-
-
 def _x_value(report: Report, job, param: str) -> str:
     return job.label if param == JOB_AXIS else job.value(param)
 
 
 def series_points(report: Report, metric: str, param: str) -> dict[tuple[str, ...], dict[str, list[float | None]]]:
     """``{other overrides' values: {x value: [metric of each job there, None if it failed]}}``."""
-    others = [k for k in plotted(report) if k != param]
+    others = [k for k in report.factors if k != param]
     points: dict = defaultdict(lambda: defaultdict(list))
     for job in report.jobs:
         key = tuple(job.value(k) for k in others)
@@ -45,7 +40,7 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _series_label(report: Report, param: str, key: tuple[str, ...]) -> str:
-    others = [k for k in plotted(report) if k != param]
+    others = [k for k in report.factors if k != param]
     if len(others) == 1:
         return key[0]
     return ", ".join(f"{k}={v}" for k, v in zip(others, key, strict=True))
@@ -53,7 +48,7 @@ def _series_label(report: Report, param: str, key: tuple[str, ...]) -> str:
 
 def _legend(ax: Axes, report: Report, param: str, n_series: int) -> None:
     if n_series > 1:
-        others = [k for k in plotted(report) if k != param]
+        others = [k for k in report.factors if k != param]
         title = others[0] if len(others) == 1 else None
         ax.legend(title=title, fontsize="small", title_fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
 
@@ -78,6 +73,7 @@ def plot_bars(ax: Axes, report: Report, metric: str, param: str) -> float:
     levels = [job.label for job in report.jobs] if param == JOB_AXIS else report.levels(param)
     points = series_points(report, metric, param)
     width = 0.8 / max(len(points), 1)
+    many = len(levels) * len(points) > 12  # narrow bars: smaller, upright value labels
     top = 0.0
     for i, (key, by_x) in enumerate(points.items()):
         offset = (i - (len(points) - 1) / 2) * width
@@ -90,8 +86,9 @@ def plot_bars(ax: Axes, report: Report, metric: str, param: str) -> float:
             if y is not None:
                 ys.append(y)
         bars = ax.bar(xs, ys, width, label=_series_label(report, param, key) if param != JOB_AXIS else None)
-        ax.bar_label(bars, fmt="%.3f", fontsize="xx-small" if len(levels) * len(points) > 12 else "x-small", padding=2,
-                     rotation=90 if len(levels) * len(points) > 12 else 0)  # fmt: skip
+        ax.bar_label(
+            bars, fmt="%.3f", fontsize="xx-small" if many else "x-small", padding=2, rotation=90 if many else 0
+        )
         for x in failed:
             ax.text(x, 0, "failed", rotation=90, ha="center", va="bottom", color="tab:red", fontsize="small")
         top = max([top, *ys])
@@ -105,7 +102,7 @@ def plot_bars(ax: Axes, report: Report, metric: str, param: str) -> float:
 
 def draw(report: Report) -> Figure:
     """One row of panels per metric, one column per swept override."""
-    params = plotted(report) or [JOB_AXIS]
+    params = report.factors or [JOB_AXIS]
     dataset = ", ".join(report.datasets) or "unknown dataset"
     fig = Figure(figsize=(6.5 * len(params), 3.8 * len(report.metrics) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)

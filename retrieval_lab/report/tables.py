@@ -32,8 +32,7 @@ def mean_rows(report: Report) -> list[dict]:
     """Jobs that differ only in ``report.mean_over`` (e.g. seed) as one row: the other swept overrides, the
     ``mean_over`` values, ``n`` (finished jobs) and each metric as ``(mean, sample std or None when n < 2)``
     over the finished jobs (None when none finished), in the order the groups first appear."""
-    over = report.mean_over
-    keys = [k for k in report.swept if k != over]
+    over, keys = report.mean_over, report.factors
     groups: dict[tuple[str, ...], list] = {}
     for job in report.jobs:
         groups.setdefault(tuple(job.value(k) for k in keys), []).append(job)
@@ -59,33 +58,20 @@ def _mean_cell(value: tuple[float, float | None] | None) -> str:
 
 def mean_markdown(report: Report) -> list[str]:
     """The ``mean_rows`` table as Markdown lines (best mean per metric bold)."""
-    table = mean_rows(report)
-    cols = [*(k for k in report.swept if k != report.mean_over), report.mean_over, "n", *report.metrics]
-    means = {m: {r[m][0] for r in table if r[m] is not None} for m in report.metrics}
-    best = {m: max(v) for m, v in means.items() if len(v) > 1}
-    lines = [f"### Mean ± sample std over `{report.mean_over}`", ""]
-    lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for r in table:
-        cells = []
-        for c in cols:
-            if c in report.metrics:
-                text = _mean_cell(r[c])
-                cells.append(f"**{text}**" if c in best and r[c] is not None and r[c][0] == best[c] else text)
-            else:
-                cells.append(_cell(r[c]))
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    cols = [*report.factors, report.mean_over, "n", *report.metrics]
+    table = _table_lines(cols, mean_rows(report), report.metrics, text=_mean_cell, value=lambda cell: cell[0])
+    return [f"### Mean ± sample std over `{report.mean_over}`", "", *table]
 
 
 def mean_csv(report: Report) -> str:
     """``mean_rows`` with each metric as two unrounded columns, ``<metric>`` (mean) and ``<metric>_std``."""
-    cols = [*(k for k in report.swept if k != report.mean_over), report.mean_over, "n"]
-    cols += [c for m in report.metrics for c in (m, f"{m}_std")]
+    keys = [*report.factors, report.mean_over, "n"]
+    cols = [*keys, *(c for m in report.metrics for c in (m, f"{m}_std"))]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=cols, lineterminator="\n")
     writer.writeheader()
     for r in mean_rows(report):
-        flat = {k: r[k] for k in cols if k in r and k not in report.metrics}
+        flat = {k: r[k] for k in keys}
         for m in report.metrics:
             mean, std = r[m] if r[m] is not None else (None, None)
             flat[m], flat[f"{m}_std"] = ("" if mean is None else mean), ("" if std is None else std)
@@ -112,6 +98,22 @@ def _cell(value) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _table_lines(cols: list[str], table: list[dict], metrics: list[str], text=_cell, value=lambda cell: cell):
+    """Markdown table lines: ``text`` writes the metric cells, the others are ``_cell``; in each metric column the
+    cells with the largest ``value`` are bold, unless every row ties. A missing metric (None) is never bold."""
+    values = {m: {value(r[m]) for r in table if r[m] is not None} for m in metrics}
+    best = {m: max(v) for m, v in values.items() if len(v) > 1}
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in table:
+        cells = []
+        for c in cols:
+            cell = text(r[c]) if c in metrics else _cell(r[c])
+            is_best = c in best and r[c] is not None and value(r[c]) == best[c]
+            cells.append(f"**{cell}**" if is_best else cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def to_markdown(report: Report, command: str | None = None) -> str:
     """A Markdown section: title, caption, the command that made it, and the table (best value per metric bold).
 
@@ -119,19 +121,10 @@ def to_markdown(report: Report, command: str | None = None) -> str:
     """
     table = rows(report)
     cols = [c for c in columns(report) if c != "note" or any(r["note"] for r in table)]
-    values = {m: {r[m] for r in table if r[m] is not None} for m in report.metrics}
-    best = {m: max(v) for m, v in values.items() if len(v) > 1}  # no bold where every job ties
     lines = [f"## Sweep report: {', '.join(p.name or str(p) for p in report.sources)}", "", caption(report), ""]
     if command:
         lines += [f"Made by `{command}`.", ""]
-    lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for r in table:
-        cells = []
-        for c in cols:
-            text = _cell(r[c])
-            is_best = c in best and r[c] == best[c]
-            cells.append(f"**{text}**" if is_best else text)
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += _table_lines(cols, table, report.metrics)
     if report.mean_over:
         lines += ["", *mean_markdown(report)]
     return "\n".join(lines) + "\n"
