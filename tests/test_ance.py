@@ -93,20 +93,24 @@ def test_publish_load_latest_and_versions_only_grow(tmp_path):
 
 
 def _poll(folder: Path, num_queries: int, stop: threading.Event) -> tuple[set[int], list[str]]:
-    """Read the latest table until ``stop``; returns the versions seen complete and every bad read."""
+    """Read the latest table until ``stop``; returns the versions seen complete and every bad read.
+
+    The last read starts after ``stop`` is set, so it sees what the writer left (a slow reader on a busy CI
+    machine once missed the final version when the loop ended mid-read)."""
     seen, bad = set(), []
-    while not stop.is_set():
+    while True:
+        last = stop.is_set()
         try:
             table = tables.load_latest(folder)
         except (ValueError, OSError) as err:  # JSONDecodeError is a ValueError
             bad.append(repr(err)[:80])
-            continue
-        if table is None:
-            continue
-        if len(table.negatives) != num_queries or table.meta["version"] != table.version:
-            bad.append(f"version {table.version}: {len(table.negatives)} queries")
-        seen.add(table.version)
-    return seen, bad
+            table = None
+        if table is not None:
+            if len(table.negatives) != num_queries or table.meta["version"] != table.version:
+                bad.append(f"version {table.version}: {len(table.negatives)} queries")
+            seen.add(table.version)
+        if last:
+            return seen, bad
 
 
 def _reader_while(write, folder: Path, num_queries: int) -> tuple[set[int], list[str]]:
