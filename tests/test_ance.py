@@ -22,7 +22,7 @@ from retrieval_lab.negatives.ance import AnnNegatives
 from retrieval_lab.negatives.base import NegativeSampler
 from retrieval_lab.negatives.random import RandomNegatives
 from retrieval_lab.train import fit, make
-from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_CORPUS, TRAIN_QRELS
+from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_CORPUS, TINY_MODEL_OVERRIDES, TRAIN_QRELS
 
 CONF = Path(retrieval_lab.__file__).parent / "conf"
 # 16 training queries in batches of 4: 4 steps an epoch, 8 in all; refreshes after steps 2, 4 and 6 (none after
@@ -186,6 +186,19 @@ def test_bad_values_are_refused_at_construction(compose_cfg, overrides, message)
     with pytest.raises(ValueError, match=message):
         make(cfg.negatives)
         make(cfg.index_refresh)
+
+
+def test_index_factory_is_checked_before_training(compose_cfg):
+    """A bad index_refresh.index_factory is refused in on_train_start, for a bi-encoder and for ColBERT's token
+    index (where "auto" sizes an IVF to the corpus)."""
+    for model, good in ((TINY_MODEL_OVERRIDES, ["Flat", "IVF4,Flat"]), (["model=colbert", *TINY_MODEL_OVERRIDES],
+                                                                    ["Flat", "auto", "IVF4,SQ8"])):  # fmt: skip
+        cfg = compose_cfg(["negatives=ance", "index_refresh=sync", *model])
+        encoder = make(cfg.model)
+        for factory in good:
+            make(cfg.index_refresh, index_factory=factory)._check_index_factory(encoder)
+        with pytest.raises(ValueError, match="index_refresh.index_factory"):
+            make(cfg.index_refresh, index_factory="IVF4,Bogus")._check_index_factory(encoder)
 
 
 def test_sampler_warms_up_then_follows_the_newest_table(tmp_path, monkeypatch):

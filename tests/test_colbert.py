@@ -15,12 +15,13 @@ from retrieval_lab.index.multi_vector import MultiVectorIndex, encode_token_vect
 from retrieval_lab.models.colbert import ColBERT
 from retrieval_lab.models.export import export_encoder
 from retrieval_lab.negatives import table as tables
+from retrieval_lab.negatives.mining import mine_ann_negatives
 from retrieval_lab.objectives.pairwise import PairwiseSoftmax
 from retrieval_lab.objectives.tct import tct_kd_loss
 from retrieval_lab.retrievers.bm25 import BM25Retriever
 from retrieval_lab.retrievers.colbert import ColbertRetriever, colbert_search
 from retrieval_lab.retrievers.hybrid import interpolate, reciprocal_rank_fusion
-from retrieval_lab.scoring.maxsim import maxsim_scores, packed_maxsim
+from retrieval_lab.scoring.maxsim import blocked_maxsim, maxsim_scores, packed_maxsim, padded_blocks, segment_maxsim
 from retrieval_lab.train import train
 from retrieval_lab.training.data import TrainingCollator
 from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_BERT, TINY_MODEL_OVERRIDES, TRAIN_CORPUS
@@ -71,6 +72,22 @@ def test_packed_maxsim_matches_padded():
         padded[i, :n], mask[i, :n] = torch.from_numpy(tokens[start : start + n].astype(np.float32)), True
     expected = maxsim_scores(torch.from_numpy(q)[None], padded, d_mask=mask)[0].numpy()
     np.testing.assert_allclose(packed_maxsim(q, tokens, lengths), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("docs_per_block", [1, 3, 100])
+def test_blocked_maxsim_matches_segment_maxsim(docs_per_block):
+    rng = np.random.default_rng(1)
+    lengths = torch.tensor([3, 1, 6, 2, 6, 1, 4])
+    tokens = torch.from_numpy(rng.standard_normal((int(lengths.sum()), 8)).astype(np.float32))
+    queries = torch.from_numpy(rng.standard_normal((3, 5, 8)).astype(np.float32))
+    queries[1, 3:] = 0  # a shorter query padded with zero vectors scores as the short query alone
+    blocks = padded_blocks(tokens, lengths, docs_per_block)
+    assert sorted(int(r) for rows, _ in blocks for r in rows) == list(range(len(lengths)))
+    expected = segment_maxsim(tokens, lengths, queries)  # (3, 7)
+    torch.testing.assert_close(blocked_maxsim(blocks, queries, len(lengths)), expected)
+    torch.testing.assert_close(expected[1], segment_maxsim(tokens, lengths, queries[1:2, :3])[0])
+    with pytest.raises(ValueError, match="at least one token vector"):
+        padded_blocks(tokens, torch.tensor([0, int(lengths.sum())]))
 
 
 def test_colbert_tokens_markers_masks_and_vectors(tiny_colbert):
@@ -202,13 +219,33 @@ def test_batched_exact_scores_match_one_query_at_a_time(tiny_colbert):
               list(CORPUS))  # fmt: skip
     retriever = ColbertRetriever(tiny_colbert, mode="end_to_end", show_progress=False)
     queries = retriever.query_vectors(list(QUERIES.values()))
-    queries[1] = queries[1][:5]  # a query of another length is scored in its own group
+    queries[1] = queries[1][:5]  # a shorter query shares its group, padded with zero vectors
     scores = index.exact_scores(queries, group=3)  # (Q, N)
     assert scores.shape == (len(queries), len(CORPUS))
     every_doc = np.arange(len(CORPUS))
     for q, row in zip(queries, scores, strict=True):
         top, rows = index.rerank(q, every_doc, len(CORPUS))
         assert np.allclose(row[rows], top, atol=1e-5)
+
+
+def test_colbert_mines_exactly_or_end_to_end(tiny_colbert):
+    """index_factory Flat mines by exact MaxSim over every document; an IVF visiting every list, with every token a
+    candidate, mines the same; the positives' ranks are exact either way."""
+    positives = {qid: {did} for qid, did in zip(QUERIES, CORPUS, strict=False)}
+    args = {"corpus": CORPUS, "queries": QUERIES, "positives": positives, "top_k": 4}
+    exact = mine_ann_negatives(tiny_colbert, index_factory="Flat", **args)
+    store = MultiVectorIndex(16, build_ann=False)
+    store.add(*encode_token_vectors(tiny_colbert, [d.full_text() for d in CORPUS.values()], show_progress=False),
+              list(CORPUS))  # fmt: skip
+    retriever = ColbertRetriever(tiny_colbert, mode="exact", show_progress=False)
+    expected_ranks = []
+    for qid, q in zip(QUERIES, retriever.query_vectors(list(QUERIES.values())), strict=True):
+        scores, ranked = store.exact_search(q, len(CORPUS))
+        assert exact.negatives[qid] == [d for d in ranked if d not in positives[qid]][:4]
+        expected_ranks.append(1 + int((scores > scores[ranked.index(next(iter(positives[qid])))]).sum()))
+    assert exact.positive_ranks == expected_ranks
+    ivf = mine_ann_negatives(tiny_colbert, index_factory="IVF2,Flat", **args)  # nprobe 32: every list visited
+    assert ivf.negatives == exact.negatives and ivf.positive_ranks == exact.positive_ranks
 
 
 def test_colbert_index_can_cut_documents_shorter(tiny_colbert):
@@ -227,7 +264,7 @@ def test_colbert_index_can_cut_documents_shorter(tiny_colbert):
         encode_texts(tiny_colbert, texts[:2], show_progress=False)
 
 
-@pytest.mark.parametrize("mode", ["rerank", "end_to_end"])
+@pytest.mark.parametrize("mode", ["rerank", "end_to_end", "exact"])
 def test_colbert_retriever_modes(tiny_colbert, mode):
     first = BM25Retriever(show_progress=False)
     retriever = ColbertRetriever(tiny_colbert, mode=mode, first_stage=first, rerank_depth=5,
@@ -244,8 +281,9 @@ def test_colbert_retriever_modes(tiny_colbert, mode):
             assert set(run[qid]) <= set(bm25[qid])
             rows = np.array([exact.ids.index(d) for d in bm25[qid]])
             assert list(run[qid]) == [exact.ids[r] for r in exact.rerank(q, rows, 3)[1]]
-        else:  # a Flat index and every token a candidate: end to end is exact
+        else:  # exact; or a Flat index and every token a candidate: end to end is exact
             assert list(run[qid]) == exact.exact_search(q, 3)[1]
+            assert np.allclose(list(run[qid].values()), exact.exact_search(q, 3)[0], atol=1e-5)
     if mode == "end_to_end":
         queries = dict(list(QUERIES.items())[:2])
         ranked = colbert_search(
@@ -286,8 +324,8 @@ def test_fusions_rank_as_their_sides():
 
 
 def test_colbert_trains_with_ance_negatives_through_task_train(compose_cfg, train_data, tmp_path):
-    # model=colbert selects retriever=colbert (test evaluation) and temperature 1; dev evaluation is exact MaxSim
-    # and the refresh mines through ColBERT's own end-to-end retrieval.
+    # model=colbert selects retriever=colbert (test evaluation) and temperature 1; dev evaluation and the refresh's
+    # mining (index_refresh.index_factory=Flat) are exact MaxSim over every document.
     cfg = compose_cfg([*ANCE, "model=colbert", "retriever.mode=end_to_end"], data_root=train_data)
     assert cfg.retriever._target_.endswith("ColbertRetriever") and cfg.objective.temperature == 1.0
     metrics = train(cfg)

@@ -14,6 +14,7 @@ import torch
 
 from retrieval_lab.index.encode import PRECISIONS, encode_texts
 from retrieval_lab.index.faiss_index import FaissIndex
+from retrieval_lab.index.multi_vector import MultiVectorIndex, encode_token_vectors
 from retrieval_lab.negatives import inferencer
 from retrieval_lab.negatives import table as tables
 from retrieval_lab.negatives.ance import AnnNegatives
@@ -81,12 +82,7 @@ class SyncIndexRefresh(pl.Callback):
         else:
             log.warning("negatives=%s does not read ANN tables: index_refresh only mines them and logs statistics",
                         type(sampler).__name__)  # fmt: skip
-        if not getattr(pl_module.encoder, "multi_vector", False):  # ColBERT mines with its own token index
-            probe = encode_texts(pl_module.encoder, ["probe"], "queries", precision="fp32", show_progress=False)
-            try:
-                FaissIndex(probe.shape[1], self.mine_args["index_factory"])
-            except ValueError as err:
-                raise ValueError(f"index_refresh.index_factory: {err}") from None
+        self._check_index_factory(pl_module.encoder)
         train_data = trainer.datamodule.train_data
         self.corpus = train_data.corpus
         self.queries = {ex.qid: train_data.queries[ex.qid] for ex in train_data.examples}
@@ -96,6 +92,18 @@ class SyncIndexRefresh(pl.Callback):
         trainer.strategy.barrier("index_refresh_prune")
         if isinstance(sampler, AnnNegatives):
             sampler.reload()
+
+    def _check_index_factory(self, encoder) -> None:
+        """Refuse a bad ``index_factory`` before training: a FAISS factory over the encoder's vectors (ColBERT:
+        over its token vectors, where "auto" sizes an IVF to the corpus and "Flat" mines by exact MaxSim)."""
+        factory, args = self.mine_args["index_factory"], {"precision": "fp32", "show_progress": False}
+        try:
+            if getattr(encoder, "multi_vector", False):
+                MultiVectorIndex(encode_token_vectors(encoder, ["probe"], "queries", **args)[0].shape[1], factory)
+            else:
+                FaissIndex(encode_texts(encoder, ["probe"], "queries", **args).shape[1], factory)
+        except ValueError as err:
+            raise ValueError(f"index_refresh.index_factory: {err}") from None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import faiss
@@ -18,7 +18,7 @@ import torch
 
 from retrieval_lab.index.encode import encoded_batches
 from retrieval_lab.models.base import Encoder
-from retrieval_lab.scoring.maxsim import packed_maxsim, segment_maxsim, token_mask
+from retrieval_lab.scoring.maxsim import blocked_maxsim, packed_maxsim, padded_blocks, token_mask
 from retrieval_lab.utils.io import atomic_dir
 
 
@@ -64,9 +64,21 @@ def auto_factory(num_vectors: int) -> str:
     return f"IVF{nlist},SQ8"
 
 
+def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` largest ``scores``, best first, equal scores in position order (a partial sort:
+    a whole corpus's scores are not sorted to keep a few).
+
+    >>> top_rows(np.array([0.1, 0.5, 0.9, 0.5]), 3)
+    array([2, 1, 3])
+    """
+    keep = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    return keep[np.lexsort((keep, -scores[keep]))]
+
+
 class MultiVectorIndex:
     """Token vectors of documents: ``add`` once, then ``search`` (FAISS candidates, exact MaxSim re-ranking),
-    ``rerank`` (exact MaxSim over given documents) or ``exact_search`` (exact MaxSim over the whole corpus)."""
+    ``rerank`` (exact MaxSim over given documents), ``exact_search`` (one query, exact MaxSim over the whole
+    corpus) or ``exact_scores`` / ``iter_exact_scores`` (many queries against the whole corpus at once)."""
 
     def __init__(self, dim: int, factory: str = "auto", nprobe: int = 32, build_ann: bool = True) -> None:
         if nprobe < 1:
@@ -83,6 +95,7 @@ class MultiVectorIndex:
         self.lengths = np.zeros(0, dtype=np.int64)
         self.starts = np.zeros(1, dtype=np.int64)
         self.ids: list[str] = []
+        self._blocks: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # padded_blocks, built on first use
 
     def add(self, tokens: np.ndarray, lengths: np.ndarray, ids: list[str]) -> None:
         """``tokens`` ``(T, dim)`` back to back, ``lengths`` ``(N,)``, one id per document; builds the index."""
@@ -130,25 +143,33 @@ class MultiVectorIndex:
         offsets = np.cumsum(lengths) - lengths  # (C,) where each document starts in the gathered block
         rows = np.arange(int(lengths.sum())) - np.repeat(offsets, lengths) + np.repeat(self.starts[docs], lengths)
         scores = packed_maxsim(q, self.tokens[rows], lengths)  # (C,)
-        top = np.argsort(-scores, kind="stable")[:k]
+        top = top_rows(scores, k)
         return scores[top], docs[top]
 
+    def iter_exact_scores(self, queries: Sequence[np.ndarray], group: int = 16) -> Iterator[tuple[range, np.ndarray]]:
+        """Exact MaxSim of every query (each ``(Lq_i, dim)``) with every document, ``group`` queries at a time in
+        input order: ``(positions, (len(positions), N) float32)`` pairs. The first call copies the store to
+        float32 blocks of similar-length documents (``scoring/maxsim.padded_blocks``, kept for later calls); a
+        group's queries, padded with zero vectors to one length, are scored against each block in one matrix
+        product, so scoring the whole corpus for many queries (exact search, a refresh's positive ranks) costs a
+        few large products instead of one cast and gather per query."""
+        if group < 1:
+            raise ValueError(f"group must be >= 1, got {group}")
+        if self._blocks is None:
+            self._blocks = padded_blocks(torch.from_numpy(self.tokens).float(), torch.as_tensor(self.lengths))
+        for start in range(0, len(queries), group):
+            members = queries[start : start + group]
+            stack = np.zeros((len(members), max(len(q) for q in members), self.dim), dtype=np.float32)
+            for i, q in enumerate(members):
+                stack[i, : len(q)] = q  # (Lq_i, dim); the zero rows after it add nothing
+            scores = blocked_maxsim(self._blocks, torch.from_numpy(stack), len(self.ids))  # (g, N)
+            yield range(start, start + len(members)), scores.numpy()
+
     def exact_scores(self, queries: Sequence[np.ndarray], group: int = 16) -> np.ndarray:
-        """Exact MaxSim of every query (each ``(Lq_i, dim)``) with every document: ``(n_queries, N)`` float32.
-        The store is cast to float32 once and queries of one length are scored ``group`` at a time in one
-        matrix product, so scoring the whole corpus for many queries (a refresh's positive ranks) costs a few
-        large products instead of one cast and gather per query."""
-        tokens = torch.from_numpy(self.tokens).float()  # (T, dim)
-        lengths = torch.as_tensor(self.lengths)
+        """``iter_exact_scores`` gathered: ``(n_queries, N)`` float32."""
         out = np.zeros((len(queries), len(self.ids)), dtype=np.float32)
-        by_length: dict[int, list[int]] = {}
-        for i, q in enumerate(queries):
-            by_length.setdefault(len(q), []).append(i)
-        for members in by_length.values():
-            for start in range(0, len(members), group):
-                rows = members[start : start + group]
-                q = torch.as_tensor(np.stack([queries[i] for i in rows]), dtype=torch.float32)  # (g, Lq, dim)
-                out[rows] = segment_maxsim(tokens, lengths, q).numpy()  # (g, N)
+        for positions, scores in self.iter_exact_scores(queries, group):
+            out[positions.start : positions.stop] = scores
         return out
 
     def search(self, q: np.ndarray, k: int, per_token: int) -> tuple[np.ndarray, list[str]]:
@@ -165,6 +186,11 @@ class MultiVectorIndex:
         """Bytes of everything a search reads: the token store, the lengths and the serialized FAISS index."""
         ann = int(faiss.serialize_index(self.ann).nbytes) if self.ann is not None else 0
         return int(self.tokens.nbytes + self.lengths.nbytes) + ann
+
+    @property
+    def exact_nbytes(self) -> int:
+        """Bytes of the float32 blocks that ``iter_exact_scores`` keeps (0 before its first call)."""
+        return sum(int(block.nbytes) for _, block in self._blocks or ())
 
     def save(self, folder: str | Path) -> None:
         with atomic_dir(folder) as tmp:

@@ -1,7 +1,8 @@
 """ANN negative mining: encode the corpus with the current weights, index it, take each query's top-k.
 
 The index refresh calls ``mine_ann_negatives`` and publishes its ``negatives`` as the next table version.
-Encoding goes through ``encode_texts`` (the lab's one encoding path) and search through ``FaissIndex``.
+Encoding goes through ``encode_texts`` (the lab's one encoding path) and search through ``FaissIndex``; a
+late-interaction encoder (ColBERT) encodes token vectors and searches its ``MultiVectorIndex`` instead.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from retrieval_lab.data.beir import Document
 from retrieval_lab.index.encode import encode_texts
 from retrieval_lab.index.faiss_index import FaissIndex
+from retrieval_lab.index.multi_vector import top_rows
 from retrieval_lab.models.base import Encoder
 
 
@@ -103,7 +105,7 @@ def mine_ann_negatives(
     """
     if encoder.multi_vector:
         return _mine_late_interaction(encoder, corpus, queries, positives, top_k, batch_size, query_batch_size,
-                                      precision, device, show_progress, doc_max_length)  # fmt: skip
+                                      precision, index_factory, device, show_progress, doc_max_length)  # fmt: skip
     encode_args = {"precision": precision, "show_progress": show_progress, "device": device}
     start = time.perf_counter()
     doc_ids, qids = list(corpus), list(queries)
@@ -126,25 +128,38 @@ def mine_ann_negatives(
 
 
 def _mine_late_interaction(encoder, corpus, queries, positives, top_k, batch_size, query_batch_size, precision,
-                           device, show_progress, doc_max_length) -> MinedNegatives:  # fmt: skip
-    """A late-interaction encoder (ColBERT) mines through its own end-to-end retrieval (FAISS candidates over
-    token vectors, exact MaxSim); positive ranks come from exact MaxSim over every document."""
+                           index_factory, device, show_progress, doc_max_length) -> MinedNegatives:  # fmt: skip
+    """A late-interaction encoder (ColBERT) mines by exact MaxSim over every document where ``index_factory`` is
+    "Flat" (exact, as a bi-encoder's Flat index is), else through its end-to-end retrieval with that FAISS
+    factory over the token vectors ("auto": IVF sized to the corpus; candidates re-ranked by exact MaxSim). The
+    positives' ranks come from exact MaxSim over every document either way, in the same pass as exact mining."""
     from retrieval_lab.retrievers.colbert import ColbertRetriever  # the retriever imports the index layer
 
     start = time.perf_counter()
+    exact = index_factory == "Flat"
     args = {"batch_size": batch_size, "query_batch_size": query_batch_size, "precision": precision}
-    retriever = ColbertRetriever(encoder, mode="end_to_end", device=str(device or "cpu"), show_progress=show_progress,
+    retriever = ColbertRetriever(encoder, mode="exact" if exact else "end_to_end", index_factory=index_factory,
+                                 device=str(device or "cpu"), show_progress=show_progress,
                                  doc_max_length=doc_max_length, **args)  # fmt: skip
     retriever.index(corpus)
     qids = list(queries)
     vectors = retriever.query_vectors([queries[q] for q in qids])
     indexed = time.perf_counter()
     build = retriever.timings["build_index_s"]
-    store, negatives = retriever.store, {}
-    for qid, q in zip(qids, vectors, strict=True):
-        _, ranked = store.search(q, top_k + len(positives[qid]), retriever.candidates_per_token)
+    store, negatives, ranks = retriever.store, {}, []
+
+    def keep(qid: str, ranked) -> None:
         negatives[qid] = [d for d in ranked if d not in positives[qid]][:top_k]
-    ranks = ranks_in_scores(store.exact_scores(vectors), qids, store.ids, positives)  # exact MaxSim, every document
+
+    for positions, scores in store.iter_exact_scores(vectors):  # (g, N) exact MaxSim, every document
+        group = [qids[i] for i in positions]
+        ranks += ranks_in_scores(scores, group, store.ids, positives)
+        if exact:
+            for qid, row in zip(group, scores, strict=True):
+                keep(qid, (store.ids[r] for r in top_rows(row, top_k + len(positives[qid]))))
+    if not exact:
+        for qid, q in zip(qids, vectors, strict=True):
+            keep(qid, store.search(q, top_k + len(positives[qid]), retriever.candidates_per_token)[1])
     mined = time.perf_counter()
     seconds = {"encode": indexed - start - build, "index": build, "mine": mined - indexed}
     return MinedNegatives(negatives, ranks, seconds)

@@ -13,7 +13,7 @@ import torch
 from retrieval_lab.data.beir import Document
 from retrieval_lab.eval.trec import Run
 from retrieval_lab.index.encode import resolve_precision
-from retrieval_lab.index.multi_vector import MultiVectorIndex, encode_token_vectors
+from retrieval_lab.index.multi_vector import MultiVectorIndex, encode_token_vectors, top_rows
 from retrieval_lab.models.base import Encoder
 from retrieval_lab.retrievers.base import Retriever
 
@@ -95,15 +95,18 @@ class ColbertRetriever(Retriever):
         row = {did: i for i, did in enumerate(self.store.ids)}
         start = time.perf_counter()
         run: Run = {}
+        if self.mode == "exact":  # many queries at a time against the whole corpus
+            qids = list(queries)
+            for positions, block in self.store.iter_exact_scores(vectors):
+                for i, scores in zip(positions, block, strict=True):
+                    run[qids[i]] = {self.store.ids[r]: float(scores[r]) for r in top_rows(scores, k)}
         for qid, q in zip(queries, vectors, strict=True):
             if self.mode == "rerank":
-                scores, ids = self.store.rerank(q, np.array([row[d] for d in first[qid]], dtype=np.int64), k)
-                ids = [self.store.ids[r] for r in ids]
-            elif self.mode == "exact":
-                scores, ids = self.store.exact_search(q, k)
-            else:
+                scores, rows = self.store.rerank(q, np.array([row[d] for d in first[qid]], dtype=np.int64), k)
+                run[qid] = {self.store.ids[r]: float(s) for r, s in zip(rows, scores, strict=True)}
+            elif self.mode == "end_to_end":
                 scores, ids = self.store.search(q, k, self.candidates_per_token)
-            run[qid] = {did: float(s) for did, s in zip(ids, scores, strict=True)}
+                run[qid] = {did: float(s) for did, s in zip(ids, scores, strict=True)}
         self.timings["search_s_per_query"] = (time.perf_counter() - start) / max(1, len(queries))
         return run
 

@@ -2,7 +2,10 @@
 
 ``maxsim_scores`` scores padded ``(B, L, d)`` batches (training, re-ranking a few candidates);
 ``segment_maxsim`` scores a stack of queries against documents stored back to back as ``(T, d)`` rows (the
-index); ``packed_maxsim`` is its one-query numpy form.
+index); ``packed_maxsim`` is its one-query numpy form. ``padded_blocks`` regroups such documents once for
+``blocked_maxsim``, which scores many queries against a whole corpus (exact search, ANN mining's positive ranks)
+about twice as fast as ``segment_maxsim`` (a max over a padded axis instead of a segment reduce, and blocks
+small enough to stay in cache).
 Where no mask is given, all-zero token vectors count as padding: ColBERT zeroes the vectors it drops, and an
 L2-normalized vector is never zero, so the mask travels with the vectors through gathers and slices.
 """
@@ -77,3 +80,50 @@ def packed_maxsim(q: np.ndarray, tokens: np.ndarray, lengths: np.ndarray) -> np.
     lengths = torch.as_tensor(np.asarray(lengths, dtype=np.int64))  # (n,)
     query = torch.as_tensor(q, dtype=torch.float32)[None]  # (1, Lq, dim)
     return segment_maxsim(torch.from_numpy(tokens).float(), lengths, query)[0].numpy()  # (n,)
+
+
+def padded_blocks(
+    tokens: torch.Tensor, lengths: torch.Tensor, docs_per_block: int = 64
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Documents stored back to back in ``tokens`` ``(T, dim)`` (document i owns the next ``lengths[i]`` rows),
+    regrouped for ``blocked_maxsim``: sorted by length, ``docs_per_block`` at a time, each block ``(c, L_c, dim)``
+    padded to its longest document by repeating each document's own vectors (a repeated vector never changes a
+    max, so no mask is needed). Returns ``(rows, block)`` pairs, ``rows`` ``(c,)`` the documents' positions.
+
+    >>> tokens = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
+    >>> [(rows.tolist(), block.tolist()) for rows, block in padded_blocks(tokens, torch.tensor([2, 1]))]
+    [([1, 0], [[[0.0, 1.0], [0.0, 1.0]], [[1.0, 0.0], [0.5, 0.5]]])]
+    """
+    if docs_per_block < 1:
+        raise ValueError(f"docs_per_block must be >= 1, got {docs_per_block}")
+    if lengths.numel() and int(lengths.min()) < 1:
+        raise ValueError("MaxSim over packed documents: every document needs at least one token vector")
+    starts = torch.cumsum(lengths, 0) - lengths  # (n,)
+    order = torch.argsort(lengths, stable=True)  # (n,) similar lengths share a block: little padding
+    blocks = []
+    for first in range(0, len(order), docs_per_block):
+        rows = order[first : first + docs_per_block]  # (c,)
+        own = lengths[rows][:, None]  # (c, 1)
+        offsets = torch.arange(int(own.max()))[None, :] % own  # (c, L_c): 0, 1, .., len-1, 0, 1, ..
+        blocks.append((rows, tokens[starts[rows][:, None] + offsets]))  # (c, L_c, dim)
+    return blocks
+
+
+def blocked_maxsim(blocks: list[tuple[torch.Tensor, torch.Tensor]], queries: torch.Tensor, n: int) -> torch.Tensor:
+    """MaxSim of each of ``g`` queries ``(g, Lq, dim)`` with the ``n`` documents of ``padded_blocks``: ``(g, n)``,
+    ``segment_maxsim``'s scores. An all-zero query vector adds 0 (its inner product with every document token is
+    0), so queries of different lengths are stacked by padding them with zero vectors.
+
+    >>> tokens = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
+    >>> queries = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 2.0], [0.0, 0.0]]])
+    >>> blocked_maxsim(padded_blocks(tokens, torch.tensor([2, 1])), queries, 2)
+    tensor([[1.5000, 1.0000],
+            [1.0000, 2.0000]])
+    """
+    g, length, dim = queries.shape
+    flat = queries.reshape(g * length, dim).T.contiguous()  # (dim, g*Lq)
+    best = torch.empty(n, g * length, dtype=queries.dtype)  # (n, g*Lq)
+    for rows, block in blocks:
+        c, width, _ = block.shape
+        best[rows] = (block.reshape(c * width, dim) @ flat).view(c, width, g * length).amax(dim=1)  # (c, g*Lq)
+    return best.view(n, g, length).sum(dim=2).T  # (g, n)
