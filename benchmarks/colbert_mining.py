@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--doc-max-length", type=int, default=128, help="the refresh's document length")
     parser.add_argument("--factory", default="auto", help="the end-to-end run's FAISS factory over token vectors")
     args = parser.parse_args()
+    if args.factory == "Flat":
+        parser.error("--factory is the end-to-end run's factory; Flat is the exact run, which always runs")
 
     ds = load_scifact(splits=["train"])
     qrels = ds.qrels["train"]

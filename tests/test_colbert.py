@@ -220,7 +220,7 @@ def test_batched_exact_scores_match_one_query_at_a_time(tiny_colbert):
     retriever = ColbertRetriever(tiny_colbert, mode="end_to_end", show_progress=False)
     queries = retriever.query_vectors(list(QUERIES.values()))
     queries[1] = queries[1][:5]  # a shorter query shares its group, padded with zero vectors
-    scores = index.exact_scores(queries, group=3)  # (Q, N)
+    scores = np.concatenate([block for _, block in index.iter_exact_scores(queries, group=3)])  # (Q, N)
     assert scores.shape == (len(queries), len(CORPUS))
     every_doc = np.arange(len(CORPUS))
     for q, row in zip(queries, scores, strict=True):

@@ -78,7 +78,7 @@ def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
 class MultiVectorIndex:
     """Token vectors of documents: ``add`` once, then ``search`` (FAISS candidates, exact MaxSim re-ranking),
     ``rerank`` (exact MaxSim over given documents), ``exact_search`` (one query, exact MaxSim over the whole
-    corpus) or ``exact_scores`` / ``iter_exact_scores`` (many queries against the whole corpus at once)."""
+    corpus) or ``iter_exact_scores`` (many queries against the whole corpus, a group at a time)."""
 
     def __init__(self, dim: int, factory: str = "auto", nprobe: int = 32, build_ann: bool = True) -> None:
         if nprobe < 1:
@@ -164,13 +164,6 @@ class MultiVectorIndex:
                 stack[i, : len(q)] = q  # (Lq_i, dim); the zero rows after it add nothing
             scores = blocked_maxsim(self._blocks, torch.from_numpy(stack), len(self.ids))  # (g, N)
             yield range(start, start + len(members)), scores.numpy()
-
-    def exact_scores(self, queries: Sequence[np.ndarray], group: int = 16) -> np.ndarray:
-        """``iter_exact_scores`` gathered: ``(n_queries, N)`` float32."""
-        out = np.zeros((len(queries), len(self.ids)), dtype=np.float32)
-        for positions, scores in self.iter_exact_scores(queries, group):
-            out[positions.start : positions.stop] = scores
-        return out
 
     def search(self, q: np.ndarray, k: int, per_token: int) -> tuple[np.ndarray, list[str]]:
         """End to end: FAISS candidates for query ``q`` ``(Lq, dim)``, re-ranked by exact MaxSim."""

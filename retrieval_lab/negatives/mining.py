@@ -52,6 +52,15 @@ def positive_ranks(
     return ranks
 
 
+def hard_negatives(ranked: list[str], positives: set[str], top_k: int) -> list[str]:
+    """The first ``top_k`` of a query's ranked document ids that are not its positives.
+
+    >>> hard_negatives(["d1", "d2", "d3", "d4"], {"d2"}, 2)
+    ['d1', 'd3']
+    """
+    return [d for d in ranked if d not in positives][:top_k]
+
+
 def ranks_in_scores(scores: np.ndarray, qids: list[str], doc_ids: list[str], positives) -> list[int]:
     """The rank of each positive of each query in its row of ``scores`` ``(len(qids), len(doc_ids))``: one plus
     the documents scoring strictly higher."""
@@ -120,7 +129,7 @@ def mine_ann_negatives(
     indexed = time.perf_counter()
     depth = top_k + max(len(positives[q]) for q in qids)  # room for the positives that are dropped
     _, ranked = index.search(query_vectors, depth)
-    negatives = {q: [d for d in row if d not in positives[q]][:top_k] for q, row in zip(qids, ranked, strict=True)}
+    negatives = {q: hard_negatives(row, positives[q], top_k) for q, row in zip(qids, ranked, strict=True)}
     ranks = positive_ranks(query_vectors, doc_vectors, qids, doc_ids, positives)
     mined = time.perf_counter()
     seconds = {"encode": encoded - start, "index": indexed - encoded, "mine": mined - indexed}
@@ -147,19 +156,17 @@ def _mine_late_interaction(encoder, corpus, queries, positives, top_k, batch_siz
     indexed = time.perf_counter()
     build = retriever.timings["build_index_s"]
     store, negatives, ranks = retriever.store, {}, []
-
-    def keep(qid: str, ranked) -> None:
-        negatives[qid] = [d for d in ranked if d not in positives[qid]][:top_k]
-
     for positions, scores in store.iter_exact_scores(vectors):  # (g, N) exact MaxSim, every document
         group = [qids[i] for i in positions]
         ranks += ranks_in_scores(scores, group, store.ids, positives)
         if exact:
             for qid, row in zip(group, scores, strict=True):
-                keep(qid, (store.ids[r] for r in top_rows(row, top_k + len(positives[qid]))))
+                ranked = [store.ids[r] for r in top_rows(row, top_k + len(positives[qid]))]
+                negatives[qid] = hard_negatives(ranked, positives[qid], top_k)
     if not exact:
         for qid, q in zip(qids, vectors, strict=True):
-            keep(qid, store.search(q, top_k + len(positives[qid]), retriever.candidates_per_token)[1])
+            _, ranked = store.search(q, top_k + len(positives[qid]), retriever.candidates_per_token)
+            negatives[qid] = hard_negatives(ranked, positives[qid], top_k)
     mined = time.perf_counter()
     seconds = {"encode": indexed - start - build, "index": build, "mine": mined - indexed}
     return MinedNegatives(negatives, ranks, seconds)

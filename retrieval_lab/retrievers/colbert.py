@@ -100,13 +100,14 @@ class ColbertRetriever(Retriever):
             for positions, block in self.store.iter_exact_scores(vectors):
                 for i, scores in zip(positions, block, strict=True):
                     run[qids[i]] = {self.store.ids[r]: float(scores[r]) for r in top_rows(scores, k)}
-        for qid, q in zip(queries, vectors, strict=True):
-            if self.mode == "rerank":
-                scores, rows = self.store.rerank(q, np.array([row[d] for d in first[qid]], dtype=np.int64), k)
-                run[qid] = {self.store.ids[r]: float(s) for r, s in zip(rows, scores, strict=True)}
-            elif self.mode == "end_to_end":
-                scores, ids = self.store.search(q, k, self.candidates_per_token)
-                run[qid] = {did: float(s) for did, s in zip(ids, scores, strict=True)}
+        else:
+            for qid, q in zip(queries, vectors, strict=True):
+                if self.mode == "rerank":
+                    scores, rows = self.store.rerank(q, np.array([row[d] for d in first[qid]], dtype=np.int64), k)
+                    run[qid] = {self.store.ids[r]: float(s) for r, s in zip(rows, scores, strict=True)}
+                else:
+                    scores, ids = self.store.search(q, k, self.candidates_per_token)
+                    run[qid] = {did: float(s) for did, s in zip(ids, scores, strict=True)}
         self.timings["search_s_per_query"] = (time.perf_counter() - start) / max(1, len(queries))
         return run
 
