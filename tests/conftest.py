@@ -132,3 +132,11 @@ def shared_data() -> Path:
     if not root:
         pytest.skip("RETRIEVAL_LAB_DATA is unset: real-data tests need ../shared/data")
     return Path(root)
+
+
+# Every encoding of a training run (dev evaluation, index refresh, test) in bf16, whatever the CPU: forced, or
+# precision=auto resolved as on a CPU with native bf16 (issue 13: the bf16 path hung DDP training there).
+BF16_ENCODING = {
+    "bf16": ["callbacks.dev_eval.precision=bf16", "retriever.precision=bf16"],
+    "auto-as-native": ["+callbacks.native_bf16._target_=tests.helpers.PretendNativeBf16"],
+}

@@ -7,6 +7,8 @@ import signal
 
 import pytorch_lightning as pl
 
+from retrieval_lab.index import encode
+
 
 class SigkillAtStep(pl.Callback):
     """Kills its own process with SIGKILL right after optimizer step ``step``: no cleanup, no final save."""
@@ -17,3 +19,11 @@ class SigkillAtStep(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PretendNativeBf16(pl.Callback):
+    """Makes ``precision=auto`` resolve as on a CPU with native bf16 (AMX or AVX512-BF16), in every process
+    that instantiates it (each DDP rank does), so the bf16 path runs whatever the machine's CPU."""
+
+    def __init__(self) -> None:
+        encode.has_fast_bf16 = lambda device: True

@@ -16,9 +16,9 @@ from retrieval_lab.models.biencoder import BiEncoder
 from retrieval_lab.negatives import table as tables
 from retrieval_lab.negatives.mining import encode_corpus
 from retrieval_lab.train import fit
-from tests.conftest import TINY_BERT
+from tests.conftest import BF16_ENCODING, TINY_BERT
 from tests.test_ance import ANCE, _refresh_callback, _spy_on_draws, _train_positives
-from tests.test_train import _cli
+from tests.test_train import _cli, dev_precisions
 
 # Inferencers start after steps 2, 4 and 6 (none after the last, 8); max_staleness 1 makes the trainer wait
 # for each at the next step, so the run is deterministic however slow the process is to start.
@@ -95,12 +95,15 @@ def test_async_schedule_state_round_trips():
 
 
 def _ddp_run(overrides: list[str], train_data, run_dir):
-    """Train on the tiny data with 2 CPU ranks (gloo), a refresh every 2 steps, 2 epochs; the run folder."""
+    """Train on the tiny data with 2 CPU ranks (gloo), a refresh every 2 steps, 2 epochs, every encoding (dev,
+    refresh, test) in bf16 whatever the CPU (issue 13); the run folder."""
     overrides = [o for o in overrides if not o.startswith("index_refresh.every_n_steps")]
     done = _cli(["data=beir", "data.name=tiny", f"paths.data_root={train_data}", f"hydra.run.dir={run_dir}",
-                 *overrides, "index_refresh.every_n_steps=2", "trainer=ddp", "trainer.max_epochs=2"],
+                 *overrides, "index_refresh.every_n_steps=2", "trainer=ddp", "trainer.max_epochs=2",
+                 *BF16_ENCODING["bf16"], "index_refresh.precision=bf16"],
                 capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    assert dev_precisions((run_dir / "train.log").read_text()) == {"bf16"}
     return run_dir
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval_lab.index.encode import encode_texts, resolve_precision
+from retrieval_lab.index.encode import bf16_copy, encode_texts, resolve_precision
 from retrieval_lab.index.faiss_index import FaissIndex
 from retrieval_lab.models.biencoder import BiEncoder
 from retrieval_lab.train import train
@@ -39,6 +39,32 @@ def test_bf16_is_close_and_restores_fp32_weights(tiny_encoder):
         assert (fp32 * bf16).sum(1).min() > 0.98
     for key, value in tiny_encoder.state_dict().items():
         assert value.dtype == before[key].dtype and torch.equal(value, before[key]), key
+
+
+def test_bf16_encoding_leaves_the_training_module_untouched(tiny_encoder):
+    # Mid-training state: train mode, gradients from a backward pass. A bf16 evaluation must not cast the live
+    # weights or their gradients, not even and back (that hung DDP training on bf16-native CPUs, issue 13).
+    tiny_encoder.train()
+    batch = tiny_encoder.tokenize_docs(TEXTS)
+    tiny_encoder.encode_docs(batch).sum().backward()
+    params = dict(tiny_encoder.named_parameters())
+    before = {k: (p.data.clone(), p.data.data_ptr(), p.grad) for k, p in params.items()}
+    before = {k: (data, ptr, None if grad is None else grad.clone()) for k, (data, ptr, grad) in before.items()}
+    assert sum(grad is not None for _, _, grad in before.values()) > len(before) // 2
+    for precision in ("bf16", "auto"):
+        encode_texts(tiny_encoder, TEXTS, precision=precision, show_progress=False)
+    assert tiny_encoder.training
+    assert dict(tiny_encoder.named_parameters()) == params  # the very same Parameter objects
+    for key, p in params.items():
+        data, ptr, grad = before[key]
+        assert p.dtype == torch.float32 and p.data.data_ptr() == ptr and torch.equal(p.data, data), key
+        assert (p.grad is None) if grad is None else (p.grad.dtype == torch.float32 and torch.equal(p.grad, grad)), key
+
+
+def test_bf16_copy_runs_in_bf16_without_gradients(tiny_encoder):
+    copy_ = bf16_copy(tiny_encoder)
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad and p.grad is None for p in copy_.parameters())
+    assert not copy_.training and all(p.dtype == torch.float32 for p in tiny_encoder.parameters())
 
 
 def test_auto_precision_and_bad_values(tiny_encoder):

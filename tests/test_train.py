@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -14,9 +15,10 @@ import pytest
 import torch
 
 import retrieval_lab.objectives.infonce as infonce
-from retrieval_lab.train import train
+from retrieval_lab.train import fit, train
 from retrieval_lab.training.module import NonFiniteLossError
-from tests.conftest import FAST_TRAIN_OVERRIDES
+from retrieval_lab.utils.seed import seed_everything
+from tests.conftest import BF16_ENCODING, FAST_TRAIN_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[1]
 # A learning rate that moves a tiny random model within a few steps, so dev metrics change between evaluations.
@@ -130,14 +132,43 @@ def test_sigkilled_run_resumes_to_the_same_dev_metric(compose_cfg, train_data, t
     assert math.isclose(after_resume["test"]["ndcg@10"], uninterrupted["test"]["ndcg@10"], abs_tol=2e-3)
 
 
-def test_ddp_two_cpu_processes(train_data, tmp_path):
+def dev_precisions(log_text: str) -> set[str]:
+    """The precisions the dev evaluations of a run's log ran in ("step 3: dev ndcg@10 0.9 (0.0s, bf16)")."""
+    return {line.rsplit(", ", 1)[1].rstrip(")") for line in log_text.splitlines() if ": dev ndcg@10 " in line}
+
+
+@pytest.mark.parametrize("encoding", sorted(BF16_ENCODING))
+def test_ddp_two_cpu_processes(train_data, tmp_path, encoding):
+    # bf16 evaluation between DDP steps used to cast the live weights in place and hang the ranks (issue 13)
     run_dir = tmp_path / "ddp"
-    done = _cli([*_cli_overrides(train_data, run_dir), "trainer=ddp", "trainer.max_epochs=2"],
+    done = _cli([*_cli_overrides(train_data, run_dir), "trainer=ddp", "trainer.max_epochs=2", *BF16_ENCODING[encoding]],
                 capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 4  # 16 queries / (batch 4 x 2 ranks) = 2 steps an epoch
     assert 0.0 <= metrics["test"]["ndcg@10"] <= 1.0
+    assert dev_precisions((run_dir / "train.log").read_text()) == {"bf16"}
+
+
+@pytest.mark.parametrize("encoding", ["bf16", "auto-as-native"])
+def test_bf16_evaluation_does_not_change_training(compose_cfg, train_data, monkeypatch, caplog, encoding):
+    # Dev evaluations every step, in bf16 then in fp32: the trained weights must come out bit for bit the same.
+    every_step = [*FAST_TRAIN_OVERRIDES, *LEARNS, "callbacks.dev_eval.every_n_steps=1"]
+
+    def fit_seeded(overrides: list[str]):
+        cfg = compose_cfg([*every_step, *overrides], data_root=train_data)
+        seed_everything(cfg.seed)  # train() seeds; fit() alone does not
+        return fit(cfg)[0]
+
+    monkeypatch.setattr("retrieval_lab.index.encode.has_fast_bf16", lambda device: encoding == "auto-as-native")
+    with caplog.at_level(logging.INFO, logger="retrieval_lab.callbacks.dev_eval"):
+        bf16 = fit_seeded(BF16_ENCODING["bf16"] if encoding == "bf16" else [])
+    assert dev_precisions(caplog.text) == {"bf16"} and len(bf16.callbacks[0].history) == 8
+    monkeypatch.setattr("retrieval_lab.index.encode.has_fast_bf16", lambda device: False)
+    fp32 = fit_seeded([])
+    trained, reference = bf16.model.state_dict(), fp32.model.state_dict()
+    assert trained.keys() == reference.keys()
+    assert all(torch.equal(trained[k], reference[k]) for k in trained)
 
 
 def test_bf16_mixed_precision_trains_on_cpu(compose_cfg, train_data):

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from retrieval_lab.eval.metrics import parse_metric
+from retrieval_lab.index.encode import PRECISIONS, resolve_precision
 from retrieval_lab.retrievers.colbert import ColbertRetriever
 from retrieval_lab.retrievers.dense import DenseRetriever
 from retrieval_lab.tasks.evaluate import evaluate_retriever
@@ -36,6 +37,8 @@ class DevEvaluation(pl.Callback):
         if every_n_steps < 1:
             raise ValueError(f"callbacks.dev_eval.every_n_steps must be >= 1, got {every_n_steps}")
         parse_metric(metric)
+        if precision not in PRECISIONS:
+            raise ValueError(f"callbacks.dev_eval.precision must be one of {PRECISIONS}, got {precision!r}")
         self.every_n_steps, self.metric, self.batch_size = every_n_steps, metric, batch_size
         self.precision, self.show_progress = precision, show_progress
         self.history: list[tuple[int, float]] = []
@@ -58,8 +61,8 @@ class DevEvaluation(pl.Callback):
             _, k = parse_metric(self.metric)
             results = evaluate_retriever(retriever, dev, ["dev"], [self.metric], top_k=max(k, 100))
             value = results["dev"][self.metric]
-            log.info("step %d: dev %s %.4f (%.1fs)", trainer.global_step, self.metric, value,
-                     time.perf_counter() - start)  # fmt: skip
+            log.info("step %d: dev %s %.4f (%.1fs, %s)", trainer.global_step, self.metric, value,
+                     time.perf_counter() - start, resolve_precision(self.precision, pl_module.device))  # fmt: skip
         return float(trainer.strategy.broadcast(value, src=0))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -46,23 +47,39 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def bf16_copy(encoder: Encoder) -> Encoder:
+    """A bfloat16 copy of ``encoder`` for inference: new tensors, no gradients, the original left untouched.
+
+    The parameters are cast straight into the copy (through deepcopy's memo), so no second fp32 copy is made and
+    the live weights, their gradients and any hooks on them (DDP's reducer, the optimizer) are never touched.
+    Casting the training weights in place and back instead corrupted DDP's gradient state and hung training
+    (issue 13).
+    """
+    with torch.no_grad():
+        memo = {id(p): torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False)
+                for p in encoder.parameters()}  # fmt: skip
+        copy_ = copy.deepcopy(encoder, memo)
+    return copy_.to(torch.bfloat16).eval()
+
+
 @contextlib.contextmanager
-def _precision_context(encoder: Encoder, precision: str, device: torch.device):
-    """fp32 as is; bf16-autocast around the forward; bf16 casts the weights for the duration, then back."""
-    if precision == "fp32":
-        yield
-    elif precision == "bf16-autocast":
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            yield
-    else:
-        # Keep the original tensors: a bf16 round trip would lose the fp32 weights' low bits.
-        originals = {name: p.data for name, p in encoder.named_parameters()}
-        encoder.to(torch.bfloat16)
-        try:
-            yield
-        finally:
-            for name, p in encoder.named_parameters():
-                p.data = originals[name]
+def _inference_encoder(encoder: Encoder, precision: str, device: torch.device) -> Iterator[Encoder]:
+    """The module to run in eval mode under ``precision``: ``encoder`` itself for fp32 and bf16-autocast
+    (autocast around the forward), a bf16 copy made once per call for bf16. The training module's weights and
+    gradients stay as they are; its train/eval mode is restored."""
+    if precision == "bf16":
+        yield bf16_copy(encoder)
+        return
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        if precision == "bf16-autocast":
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                yield encoder
+        else:
+            yield encoder
+    finally:
+        encoder.train(was_training)
 
 
 def encoded_batches(
@@ -90,22 +107,17 @@ def encoded_batches(
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
     precision = resolve_precision(precision, device)
     tokenize = encoder.tokenize_queries if side == "queries" else encoder.tokenize_docs
-    encode = encoder.encode_queries if side == "queries" else encoder.encode_docs
     ids = tokenize(list(texts), padding=False, max_length=max_length)["input_ids"]
     order = np.argsort([-len(x) for x in ids], kind="stable")
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with _precision_context(encoder, precision, device):
-            bar = tqdm(total=len(texts), desc=f"encode {side}{what}", unit="text", disable=not show_progress)
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                batch = {k: v.to(device) for k, v in _pad([ids[i] for i in rows], encoder.pad_token_id).items()}
-                yield rows, encode(batch).float().cpu()
-                bar.update(len(rows))
-            bar.close()
-    finally:
-        encoder.train(was_training)
+    with _inference_encoder(encoder, precision, device) as model:
+        encode = model.encode_queries if side == "queries" else model.encode_docs
+        bar = tqdm(total=len(texts), desc=f"encode {side}{what}", unit="text", disable=not show_progress)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in _pad([ids[i] for i in rows], encoder.pad_token_id).items()}
+            yield rows, encode(batch).float().cpu()
+            bar.update(len(rows))
+        bar.close()
 
 
 @torch.inference_mode()
@@ -121,8 +133,8 @@ def encode_texts(
 ) -> np.ndarray:
     """Encode ``texts`` as queries or documents; returns float32 vectors ``(N, d)`` in the input order.
 
-    ``precision`` is ``fp32``, ``bf16-autocast`` (autocast around the forward), ``bf16`` (weights cast to
-    bfloat16 for the call) or ``auto`` (``bf16`` where bf16 is native, else ``fp32``; see
+    ``precision`` is ``fp32``, ``bf16-autocast`` (autocast around the forward), ``bf16`` (a bfloat16 copy of the
+    weights for the call) or ``auto`` (``bf16`` where bf16 is native, else ``fp32``; see
     ``benchmarks/encode.py``). ``max_length`` cuts texts shorter than the encoder's own max length.
     """
     rows, chunks = [], []
