@@ -92,7 +92,8 @@ def run_lab(pairs, batch_size: int, steps: int, precision: str) -> list[float]:
     torch.manual_seed(0)
     encoder = BiEncoder(query_max_length=MAX_LENGTH, doc_max_length=MAX_LENGTH)
     optimizer = lambda params: torch.optim.AdamW(params, lr=LR)  # noqa: E731
-    module = RetrievalModule(encoder, InfoNCE(TEMPERATURE), optimizer, warmup_ratio=0.0)
+    # unmasked, as sentence-transformers' MultipleNegativesRankingLoss is: the same loss on both sides
+    module = RetrievalModule(encoder, InfoNCE(TEMPERATURE, mask_false_negatives=False), optimizer, warmup_ratio=0.0)
     items = [{"query": q, "positive": d, "negatives": []} for q, d in pairs]
     loader = DataLoader(items, batch_size=batch_size, shuffle=False, collate_fn=TrainingCollator(encoder))
     times = StepTimes()

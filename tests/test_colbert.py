@@ -115,7 +115,8 @@ def test_colbert_tokens_markers_masks_and_vectors(tiny_colbert):
 def training_batch(encoder, n_queries: int = 4) -> dict:
     items = [
         {"query": QUERIES[f"q{i}"], "positive": CORPUS[f"t{i}"].full_text(),
-         "negatives": [CORPUS[f"t{i + n_queries}"].full_text()]}
+         "negatives": [CORPUS[f"t{i + n_queries}"].full_text()],
+         "doc_ids": [f"t{i}", f"t{i + n_queries}"], "relevant": [f"t{i}"]}
         for i in range(n_queries)
     ]  # fmt: skip
     return TrainingCollator(encoder)(items)

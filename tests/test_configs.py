@@ -80,6 +80,8 @@ TEACHER_OVERRIDES = ["objective.teacher.model_name=all-MiniLM-L6-v2"] + [
 def test_objective_options_instantiate(compose_cfg, option):
     import torch
 
+    from retrieval_lab.objectives.masking import batch_labels
+
     cfg = compose_cfg([f"objective={option}"])
     if "teacher" in cfg.objective:
         cfg = compose_cfg([f"objective={option}", *TEACHER_OVERRIDES])
@@ -90,7 +92,8 @@ def test_objective_options_instantiate(compose_cfg, option):
         tokenize = objective.teacher.tokenizer
         texts = {"queries": ["query one", "query two"], "docs": [f"document {i}" for i in range(6)]}
         extra["batch"] = {side: dict(tokenize(t, padding=True, return_tensors="pt")) for side, t in texts.items()}
-    assert objective(q, d, lambda a, b: a @ b.T, **extra).ndim == 0
+    labels = batch_labels([f"d{i}" for i in range(6)], [["d0"], ["d1"]])
+    assert objective(q, d, lambda a, b: a @ b.T, labels=labels, **extra).ndim == 0
 
 
 @pytest.mark.parametrize("option", options("negatives"))

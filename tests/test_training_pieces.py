@@ -18,6 +18,7 @@ from retrieval_lab.models.export import export_encoder
 from retrieval_lab.negatives.bm25 import BM25Negatives
 from retrieval_lab.negatives.random import RandomNegatives
 from retrieval_lab.objectives.infonce import InfoNCE
+from retrieval_lab.objectives.masking import batch_labels
 from retrieval_lab.training.data import EpochShuffleSampler, TrainingCollator
 from tests.conftest import TINY_BERT, TRAIN_CORPUS
 
@@ -30,12 +31,12 @@ def test_infonce_is_cross_entropy_over_all_documents():
     torch.manual_seed(0)
     q, d = torch.randn(3, 4), torch.randn(9, 4)  # 3 positives then 6 hard negatives
     expected = -torch.log_softmax(q @ d.T / 0.05, dim=1)[torch.arange(3), torch.arange(3)].mean()
-    assert torch.allclose(InfoNCE(0.05)(q, d, dot), expected)
+    assert torch.allclose(InfoNCE(0.05, mask_false_negatives=False)(q, d, dot), expected)
     with pytest.raises(ValueError, match="B \\* \\(1 \\+ n\\)"):
         InfoNCE()(q, d[:7], dot)
 
 
-def _gather_worker(rank: int, world: int, port: int, q, d, out) -> None:
+def _gather_worker(rank: int, world: int, port: int, q, d, out, labels=None) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     n_q = q.shape[0] // world
     q_local = q[rank * n_q : (rank + 1) * n_q].clone().requires_grad_()
@@ -43,7 +44,8 @@ def _gather_worker(rank: int, world: int, port: int, q, d, out) -> None:
     pos, neg = d[: q.shape[0]], d[q.shape[0] :]
     k = neg.shape[0] // world
     d_local = torch.cat([pos[rank * n_q : (rank + 1) * n_q], neg[rank * k : (rank + 1) * k]]).requires_grad_()
-    loss = InfoNCE(0.1)(q_local, d_local, dot)
+    masked = labels is not None
+    loss = InfoNCE(0.1, mask_false_negatives=masked)(q_local, d_local, dot, labels=labels[rank] if masked else None)
     loss.backward()
     out[rank] = (loss.detach(), q_local.grad, d_local.grad)
     dist.destroy_process_group()
@@ -66,6 +68,22 @@ def test_infonce_gathers_documents_across_ranks_with_gradients():
     sum(F.cross_entropy(q[i : i + 2] @ d_ref.T / 0.1, torch.tensor([j, j + 1])) for i, j in ((0, 0), (2, 4))).backward()
     assert torch.allclose(out[0][2], d_ref.grad[0:4], atol=1e-6)  # rank 0's documents get both ranks' gradients
     assert torch.allclose(out[1][2], d_ref.grad[4:8], atol=1e-6)
+
+
+def test_masking_across_ranks_sees_every_rank_s_documents():
+    """Queries 0 (rank 0) and 2 (rank 1) share the positive A: each rank masks the other's copy of A."""
+    torch.manual_seed(0)
+    q, d = F.normalize(torch.randn(4, 8), dim=1), F.normalize(torch.randn(8, 8), dim=1)
+    positives, negatives = ["A", "B", "A", "C"], ["X", "Y", "Z", "W"]
+    labels = [batch_labels(positives[r * 2 : r * 2 + 2] + negatives[r * 2 : r * 2 + 2],
+                           [[p] for p in positives[r * 2 : r * 2 + 2]]) for r in range(2)]  # fmt: skip
+    out = mp.Manager().dict()
+    mp.spawn(_gather_worker, args=(2, random.randint(20000, 40000), q, d, out, labels), nprocs=2)
+    d_global = torch.cat([d[0:2], d[4:6], d[2:4], d[6:8]])  # [A, B, X, Y | A, C, Z, W]
+    scores = q @ d_global.T / 0.1
+    scores[0, 4] = scores[2, 0] = float("-inf")  # q0 against rank 1's A; q2 against rank 0's A
+    losses = [F.cross_entropy(scores[0:2], torch.tensor([0, 1])), F.cross_entropy(scores[2:4], torch.tensor([4, 5]))]
+    assert torch.allclose(out[0][0], losses[0], atol=1e-6) and torch.allclose(out[1][0], losses[1], atol=1e-6)
 
 
 CORPUS = {d: Document(title, text) for d, (title, text) in TRAIN_CORPUS.items()}

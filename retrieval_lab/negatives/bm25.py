@@ -49,6 +49,6 @@ class BM25Negatives(NegativeSampler):
     def sample(self, qid: str, positives: set[str], rng: random.Random) -> list[str]:
         if qid not in self.candidates:
             raise KeyError(f"query {qid!r} was not mined: call prepare() with the training queries first")
-        pool = self.candidates[qid]
+        pool = [did for did in self.candidates[qid] if did not in positives]  # the caller may exclude more
         picked = rng.sample(pool, min(self.num_negatives, len(pool)))
         return picked + self.random_docs(self.num_negatives - len(picked), positives | set(picked), rng)

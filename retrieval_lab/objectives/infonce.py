@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.nn.functional import all_gather
 
+from retrieval_lab.objectives.masking import MaskedShare, false_negative_mask, gather_keys, require_labels
+
 
 def infonce_loss(scores: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
     """Cross-entropy of each query's positive against every document column, scores divided by ``temperature``.
@@ -30,26 +32,37 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(gathered, dim=0), dist.get_rank() * x.shape[0]  # (world * n, d)
 
 
-class InfoNCE(nn.Module):
-    """``forward(q, d, score_fn)``: queries ``(B, d)``, documents ``(B * (1 + n), d)`` laid out as the B
+class InfoNCE(MaskedShare, nn.Module):
+    """``forward(q, d, score_fn, labels)``: queries ``(B, d)``, documents ``(B * (1 + n), d)`` laid out as the B
     positives (row i belongs to query i) followed by the hard negatives. Every query is scored against every
     document of the global batch: under DDP documents from all ranks are gathered with gradients, so each
     rank's loss sees the global batch and DDP's gradient averaging gives the gradient of the mean loss.
+
+    With ``mask_false_negatives`` (the default) a document that is a labelled positive of a row's query, or a
+    copy of its positive, leaves that row's softmax (``objectives/masking.py``); ``labels`` are the batch's.
     """
 
-    def __init__(self, temperature: float = 0.05, gather_across_ranks: bool = True) -> None:
+    def __init__(
+        self, temperature: float = 0.05, gather_across_ranks: bool = True, mask_false_negatives: bool = True
+    ) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"objective.temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
-        self.gather_across_ranks = gather_across_ranks
+        self.gather_across_ranks, self.mask_false_negatives = gather_across_ranks, mask_false_negatives
 
-    def forward(self, q: torch.Tensor, d: torch.Tensor, score_fn) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, d: torch.Tensor, score_fn, labels: dict | None = None) -> torch.Tensor:
         if d.shape[0] < q.shape[0] or d.shape[0] % q.shape[0]:
             raise ValueError(f"expected B * (1 + n) documents for {q.shape[0]} queries, got {d.shape[0]}")
         offset = 0
         if self.gather_across_ranks:
             d, offset = gather_with_grad(d)  # (world * B * (1 + n), dim)
         scores = score_fn(q, d)  # (B, world * B * (1 + n))
-        labels = torch.arange(q.shape[0], device=q.device) + offset  # (B,)
-        return infonce_loss(scores, labels, self.temperature)
+        targets = torch.arange(q.shape[0], device=q.device) + offset  # (B,)
+        if self.mask_false_negatives:
+            labels = require_labels(labels, "infonce")
+            keys = gather_keys(labels["doc_keys"]) if self.gather_across_ranks else labels["doc_keys"]  # (N,)
+            mask = false_negative_mask(keys, labels["positive_keys"], targets)  # (B, world * B * (1 + n))
+            self.record(mask)
+            scores = scores.masked_fill(mask, float("-inf"))
+        return infonce_loss(scores, targets, self.temperature)

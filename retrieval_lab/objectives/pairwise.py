@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retrieval_lab.objectives.masking import MaskedShare, false_negative_mask, require_labels
+
 
 def own_document_columns(num_queries: int, num_docs: int) -> torch.Tensor:
     """Row indices ``(B, 1 + n)`` into the documents of each query's positive, then its negatives (documents are
@@ -30,19 +32,21 @@ def pairwise_softmax_loss(scores: torch.Tensor, temperature: float = 1.0) -> tor
     return F.cross_entropy(scores / temperature, labels)  # ()
 
 
-class PairwiseSoftmax(nn.Module):
-    """``forward(q, d, score_fn)`` with documents ``(B * (1 + n), ...)`` as InfoNCE gets them; only the (q, d+, d-)
-    triples are scored against each other, as in the ColBERT paper. Needs hard negatives (n >= 1): with
-    ``negatives=in_batch`` there is nothing to compare the positive with. Nothing is gathered across ranks.
+class PairwiseSoftmax(MaskedShare, nn.Module):
+    """``forward(q, d, score_fn, labels)`` with documents ``(B * (1 + n), ...)`` as InfoNCE gets them; only the
+    (q, d+, d-) triples are scored against each other, as in the ColBERT paper. Needs hard negatives (n >= 1):
+    with ``negatives=in_batch`` there is nothing to compare the positive with. Nothing is gathered across ranks.
+    With ``mask_false_negatives`` a negative that is a labelled positive of the query (or a copy of its
+    positive) leaves the softmax, as in InfoNCE.
     """
 
-    def __init__(self, temperature: float = 1.0) -> None:
+    def __init__(self, temperature: float = 1.0, mask_false_negatives: bool = True) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"objective.temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
+        self.temperature, self.mask_false_negatives = float(temperature), mask_false_negatives
 
-    def forward(self, q: torch.Tensor, d: torch.Tensor, score_fn) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, d: torch.Tensor, score_fn, labels: dict | None = None) -> torch.Tensor:
         b = q.shape[0]
         if d.shape[0] % b or d.shape[0] < 2 * b:
             raise ValueError(
@@ -52,4 +56,10 @@ class PairwiseSoftmax(nn.Module):
         columns = own_document_columns(b, d.shape[0]).to(q.device)  # (B, 1 + n)
         # Query by query: a MaxSim score matrix over the whole batch would cost B times more for the same loss.
         scores = torch.cat([score_fn(q[i : i + 1], d[columns[i]]) for i in range(b)])  # (B, 1 + n)
+        if self.mask_false_negatives:
+            labels = require_labels(labels, "pairwise")
+            own = torch.zeros(b, dtype=torch.long, device=q.device)  # (B,) the positive is column 0
+            mask = false_negative_mask(labels["doc_keys"][columns], labels["positive_keys"], own)  # (B, 1 + n)
+            self.record(mask)
+            scores = scores.masked_fill(mask, float("-inf"))
         return pairwise_softmax_loss(scores, self.temperature)

@@ -9,14 +9,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrieval_lab.models.base import Batch, Encoder
+from retrieval_lab.objectives.masking import MaskedShare, false_negative_mask, require_labels
 
 
 def tct_kd_loss(
-    student: torch.Tensor, teacher: torch.Tensor, temperature: float, teacher_temperature: float | None = None
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    temperature: float,
+    teacher_temperature: float | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """KL(teacher || student) between each query's softmax over its row of ``(B, N)`` scores, the student's
     divided by ``temperature`` and the teacher's by ``teacher_temperature`` (None: the same), averaged over the
-    queries. Zero exactly when the two scaled score matrices are equal.
+    queries. Zero exactly when the two scaled score matrices are equal. ``mask`` ``(B, N)`` removes scores from
+    both softmaxes (false negatives).
 
     >>> s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     >>> tct_kd_loss(s, s.clone(), 0.25).item()
@@ -24,13 +30,18 @@ def tct_kd_loss(
     >>> round(tct_kd_loss(s, s.flip(1), 1.0).item(), 4)
     0.4621
     """
+    if mask is not None:
+        student, teacher = student.masked_fill(mask, float("-inf")), teacher.masked_fill(mask, float("-inf"))
     log_student = F.log_softmax(student / temperature, dim=-1)  # (B, N)
     log_teacher = F.log_softmax(teacher / (teacher_temperature or temperature), dim=-1)  # (B, N)
-    return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean")  # ()
+    if mask is None:
+        return F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean")  # ()
+    terms = log_teacher.exp() * (log_teacher - log_student)  # (B, N); NaN where both are -inf
+    return terms.masked_fill(mask, 0.0).sum() / student.shape[0]  # ()
 
 
-class TCTDistill(nn.Module):
-    """``forward(q, d, score_fn, batch)``: the student's ``(B, B * (1 + n))`` in-batch scores (hard negatives
+class TCTDistill(MaskedShare, nn.Module):
+    """``forward(q, d, score_fn, batch, labels)``: the student's ``(B, B * (1 + n))`` in-batch scores (hard negatives
     included where the batch has them: TCT HN) against the teacher's MaxSim scores of the same pairs.
 
     The teacher re-tokenizes the student's batch for itself (decoding the student's ids with its own tokenizer),
@@ -38,7 +49,8 @@ class TCTDistill(nn.Module):
     kept in eval mode (no dropout). ``teacher_temperature`` (None: ``temperature``) scales the teacher's scores
     on their own, for a student whose scores live on another scale (cosines against MaxSim sums). ``ce_weight``
     mixes in the supervised InfoNCE term on the student's scores: ``(1 - w) * KL + w * CE``. Each rank distils
-    over its own batch (nothing is gathered across ranks).
+    over its own batch (nothing is gathered across ranks). With ``mask_false_negatives`` a document relevant to
+    a row's query (other than its positive) leaves both softmaxes and the CE term.
     """
 
     needs_batch = True  # RetrievalModule passes the tokenized batch
@@ -49,8 +61,10 @@ class TCTDistill(nn.Module):
         temperature: float = 0.25,
         ce_weight: float = 0.0,
         teacher_temperature: float | None = None,
+        mask_false_negatives: bool = True,
     ) -> None:
         super().__init__()
+        self.mask_false_negatives = mask_false_negatives
         for key, value in (("temperature", temperature), ("teacher_temperature", teacher_temperature)):
             if value is not None and not value > 0:
                 raise ValueError(f"objective.{key} must be > 0, got {value}")
@@ -81,7 +95,9 @@ class TCTDistill(nn.Module):
         d = self.teacher.encode_docs(sides[1])  # (N, Ld, dim)
         return self.teacher.score(q, d)  # (B, N)
 
-    def forward(self, q: torch.Tensor, d: torch.Tensor, score_fn, batch: dict[str, Batch] | None = None):
+    def forward(
+        self, q: torch.Tensor, d: torch.Tensor, score_fn, batch: dict[str, Batch] | None = None, labels=None
+    ) -> torch.Tensor:
         if batch is None:
             raise ValueError(
                 "objective=tct_distill needs the tokenized batch for its teacher: RetrievalModule passes it"
@@ -90,8 +106,14 @@ class TCTDistill(nn.Module):
         teacher = self.teacher_scores(batch).to(student.dtype)  # (B, N)
         if teacher.shape != student.shape:
             raise ValueError(f"teacher scores {tuple(teacher.shape)} do not match the student's {tuple(student.shape)}")
-        loss = tct_kd_loss(student, teacher, self.temperature, self.teacher_temperature)  # ()
+        targets = torch.arange(q.shape[0], device=q.device)  # (B,) positives come first
+        mask = None
+        if self.mask_false_negatives:
+            labels = require_labels(labels, "tct_distill")
+            mask = false_negative_mask(labels["doc_keys"], labels["positive_keys"], targets)  # (B, N)
+            self.record(mask)
+        loss = tct_kd_loss(student, teacher, self.temperature, self.teacher_temperature, mask)  # ()
         if self.ce_weight:
-            labels = torch.arange(q.shape[0], device=q.device)  # (B,) positives come first
-            loss = (1 - self.ce_weight) * loss + self.ce_weight * F.cross_entropy(student / self.temperature, labels)
+            logits = student if mask is None else student.masked_fill(mask, float("-inf"))  # (B, N)
+            loss = (1 - self.ce_weight) * loss + self.ce_weight * F.cross_entropy(logits / self.temperature, targets)
         return loss

@@ -68,7 +68,9 @@ class PretrainStream(Dataset):
             if self.masker is None:
                 raise RuntimeError("PretrainDataModule.bind_encoder(encoder) must be called before MLM batches")
             return self.masker(example.text, rng)
-        return {"query": example.query, "positive": example.document.full_text(), "negatives": []}
+        group = [example.group]  # the pair's key for false-negative masking (same article or target)
+        return {"query": example.query, "positive": example.document.full_text(), "negatives": [],
+                "doc_ids": group, "relevant": group}  # fmt: skip
 
 
 class StreamSampler(Sampler):

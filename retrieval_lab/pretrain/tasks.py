@@ -31,6 +31,12 @@ class Pair:
     document: Document
     source: dict = field(default_factory=dict)  # where it came from (article ids, indices): for checks and logs
 
+    @property
+    def group(self) -> str:
+        """What the query is about: the article (ICT, BFS) or link target (WLP). Two pairs of one group are
+        not each other's negatives (false-negative masking)."""
+        return f"target:{self.source['target']}" if "target" in self.source else f"article:{self.source['article']}"
+
 
 @dataclass(frozen=True)
 class MaskedText:

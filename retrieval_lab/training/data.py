@@ -15,12 +15,24 @@ from torch.utils.data import Dataset, Sampler
 from retrieval_lab.data.beir import Document
 from retrieval_lab.models.base import Batch, Encoder
 from retrieval_lab.negatives.base import NegativeSampler
+from retrieval_lab.objectives.masking import batch_labels
 
 
 @dataclass(frozen=True)
 class TrainingExample:
     qid: str
-    positives: tuple[str, ...]
+    positives: tuple[str, ...]  # the documents a positive is drawn from
+    relevant: tuple[str, ...] = ()  # every document judged relevant (masked as a negative); () = the positives
+    ignore_identical_id: bool = True  # the document whose id is the query's is never its negative (BEIR's rule)
+
+    @property
+    def labelled(self) -> tuple[str, ...]:
+        return self.relevant or self.positives
+
+    @property
+    def excluded(self) -> set[str]:
+        """What the negative sampler must not return: the labelled documents, and the query's own id."""
+        return set(self.labelled) | ({self.qid} if self.ignore_identical_id else set())
 
 
 class TrainingExamples(Dataset):
@@ -45,11 +57,13 @@ class TrainingExamples(Dataset):
         example = self.examples[index]
         rng = random.Random(f"{self.seed}:{epoch}:{index}")
         positive = rng.choice(example.positives)
-        negative_ids = self.negatives.sample(example.qid, set(example.positives), rng)
+        negative_ids = self.negatives.sample(example.qid, example.excluded, rng)
         return {
             "query": self.queries[example.qid],
             "positive": self.corpus[positive].full_text(),
             "negatives": [self.corpus[d].full_text() for d in negative_ids],
+            "doc_ids": [positive, *negative_ids],
+            "relevant": list(example.labelled),
         }
 
 
@@ -90,7 +104,9 @@ class EpochShuffleSampler(Sampler):
 
 class TrainingCollator:
     """Tokenizes with the encoder's contract (max lengths, prefixes). Documents come as the B positives
-    (row i belongs to query i) followed by each query's negatives, the layout the objectives expect.
+    (row i belongs to query i) followed by each query's negatives, the layout the objectives expect. Items with
+    ``doc_ids`` (positive first, then negatives) and ``relevant`` ids also give the batch its ``labels``
+    (``objectives/masking.batch_labels``), which the objectives use to mask false negatives.
     ``query_max_length``/``doc_max_length`` cut training texts shorter than the encoder's inference lengths
     (cheaper steps), never longer; None keeps the encoder's.
     """
@@ -103,7 +119,11 @@ class TrainingCollator:
     def __call__(self, items: list[dict]) -> dict[str, Batch]:
         docs = [it["positive"] for it in items] + [text for it in items for text in it["negatives"]]
         queries = [it["query"] for it in items]
-        return {
+        batch = {
             "queries": dict(self.tokenize_queries(queries, max_length=self.query_max_length)),  # (B, Lq)
             "docs": dict(self.tokenize_docs(docs, max_length=self.doc_max_length)),  # (B * (1 + n), Ld)
         }
+        if all("doc_ids" in it for it in items):
+            doc_ids = [it["doc_ids"][0] for it in items] + [d for it in items for d in it["doc_ids"][1:]]
+            batch["labels"] = batch_labels(doc_ids, [it["relevant"] for it in items])  # (B * (1 + n),), (B, P)
+        return batch

@@ -62,6 +62,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         show_progress: bool = True,
         train_query_max_length: int | None = None,
         train_doc_max_length: int | None = None,
+        ignore_identical_ids: bool = True,
     ) -> None:
         super().__init__()
         for key, value in (("train_query_max_length", train_query_max_length),
@@ -76,6 +77,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.train_split, self.dev_split, self.dev_size = train_split, dev_split, dev_size
         self.dev_pool_top_k, self.min_relevance, self.show_progress = dev_pool_top_k, min_relevance, show_progress
+        self.ignore_identical_ids = ignore_identical_ids
         self.dataset: RetrievalDataset | None = None
         self.train_data: TrainingExamples | None = None
         self.dev: RetrievalDataset | None = None
@@ -109,7 +111,9 @@ class RetrievalDataModule(pl.LightningDataModule):
             raise ValueError(f"no {self.train_split} query has a document with relevance >= {self.min_relevance}")
         queries = {q: dataset.queries[q] for q in positives}
         self.negatives.prepare(dataset.corpus, queries, positives)
-        examples = [TrainingExample(q, tuple(sorted(positives[q]))) for q in queries]
+        relevant = positives_of(train_qrels, 1)  # every judged-relevant document is masked as a negative
+        examples = [TrainingExample(q, tuple(sorted(positives[q])), tuple(sorted(relevant[q])),
+                                    self.ignore_identical_ids) for q in queries]  # fmt: skip
         self.train_data = TrainingExamples(examples, dataset.queries, dataset.corpus, self.negatives, self.seed)
         self.dev = dev_pool(dataset, dev_qrels, self.dev_pool_top_k, self.show_progress)
         log.info(

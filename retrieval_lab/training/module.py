@@ -70,14 +70,15 @@ class RetrievalModule(pl.LightningModule):
         self.train()  # from_pretrained returns eval-mode modules; Lightning keeps modes, and dropout is wanted
 
     def forward(self, batch: dict[str, Batch]) -> torch.Tensor:
-        """Objectives get vectors and the encoder's score function; those with ``needs_batch`` (distillation
-        from a teacher that tokenizes for itself) also get the tokenized batch."""
+        """Objectives get vectors, the encoder's score function and the batch's labels (document keys, for
+        false-negative masking); those with ``needs_batch`` (distillation from a teacher that tokenizes for
+        itself) also get the tokenized batch."""
         q = self.encoder.encode_queries(batch["queries"])  # (B, d) or token vectors (B, Lq, d)
         d = self.encoder.encode_docs(batch["docs"])  # (B * (1 + n), d) or (B * (1 + n), Ld, d)
         if self.encoder.multi_vector:
             d = pad_tokens_across_ranks(d)
         extra = {"batch": batch} if getattr(self.objective, "needs_batch", False) else {}
-        return self.objective(q, d, self.encoder.score, **extra)  # ()
+        return self.objective(q, d, self.encoder.score, labels=batch.get("labels"), **extra)  # ()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         torch.manual_seed(zlib.crc32(f"{self.seed}:{self.global_step}:{self.global_rank}".encode()))
@@ -93,6 +94,8 @@ class RetrievalModule(pl.LightningModule):
                 "Try a lower optimizer lr, a larger objective.temperature or trainer.gradient_clip_val."
             )
         self.log("train/loss", loss, prog_bar=True, batch_size=self.batch_size_of(batch))
+        if (share := getattr(self.objective, "masked_share", None)) is not None and "mlm" not in batch:
+            self.log("train/masked_share", share, batch_size=self.batch_size_of(batch))  # false negatives masked
         return loss
 
     def batch_size_of(self, batch: dict[str, Batch]) -> int:
