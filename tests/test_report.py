@@ -168,3 +168,33 @@ def test_mean_over_seed_averages_jobs_that_differ_only_in_seed(tmp_path: Path, c
     assert read_png(root / "report.png").shape[1] > 0
     with pytest.raises(ReportError, match=r"--mean-over trainer.lr: not an override that differs"):
         build_report([root], ["ndcg@10"], mean_over="trainer.lr")
+
+
+def test_baseline_gives_a_paired_test_per_query_over_the_seed_means(tmp_path: Path, capsys):
+    # 40 queries; "masked" beats "plain" by 0.05 on every query in both seeds (p tiny); "noisy" differs from
+    # "plain" by +-0.05 alternating (mean difference 0: p = 1)
+    root = tmp_path / "arms"
+    qids = [f"q{i}" for i in range(40)]
+    base = {q: 0.3 + 0.01 * (i % 7) for i, q in enumerate(qids)}
+    arms = {
+        "plain": lambda i, v: v,
+        "masked": lambda i, v: v + 0.05,
+        "noisy": lambda i, v: v + (0.05 if i % 2 else -0.05),
+    }
+    num = 0
+    for arm, shift in arms.items():
+        for seed in ("0", "1"):
+            values = {q: shift(i, base[q]) for i, q in enumerate(qids)}
+            job = write_job(root, num, [f"arm={arm}", f"seed={seed}"], {"ndcg@10": sum(values.values()) / 40})
+            (job / "per_query.test.json").write_text(json.dumps({"ndcg@10": values}))
+            num += 1
+    assert main([str(root), "--metrics", "ndcg@10", "--mean-over", "seed", "--baseline", "arm=plain"]) == 0
+    out = capsys.readouterr().out
+    assert "### Paired randomization test per query against `arm=plain` (test)" in out
+    assert "| masked | ndcg@10 | +0.0500 | 0.0001 | 40 |" in out  # 1 / (10,000 + 1): no sign flip is as extreme
+    assert "| noisy | ndcg@10 | +0.0000 | 1.0000 | 40 |" in out
+    with pytest.raises(SystemExit):
+        main([str(root), "--metrics", "ndcg@10", "--mean-over", "seed", "--baseline", "arm=absent"])
+    (root / "0" / "per_query.test.json").unlink()
+    with pytest.raises(SystemExit):
+        main([str(root), "--metrics", "ndcg@10", "--mean-over", "seed", "--baseline", "arm=plain"])

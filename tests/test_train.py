@@ -35,11 +35,13 @@ def test_train_writes_metrics_checkpoints_and_logs(compose_cfg, train_data, tmp_
     assert 0.0 <= metrics["test"]["ndcg@10"] <= 1.0 and metrics["train"]["steps"] == 8  # 16 queries / 4, 2 epochs
     best = Path(metrics["train"]["best_checkpoint"])
     assert best.exists() and (out / "checkpoints" / "last.ckpt").exists()
-    assert f"best-step{metrics['train']['best_dev_step']}" == best.stem
+    step = metrics["train"]["best_dev_step"]
+    assert best.stem == ("start" if step == 0 else f"best-step{step}")  # no step beat the start: its weights
     assert {line.split()[0] for line in (out / "run.test.trec").read_text().splitlines()} == {
         "tq20", "tq21", "tq22", "tq23"}  # fmt: skip
     logged = (out / "csv" / "version_0" / "metrics.csv").read_text()
     assert "train/loss" in logged and "dev/ndcg@10" in logged and "test/ndcg@10" in logged
+    assert "train/masked_share" in logged  # the share of scores false-negative masking removed, per step
     assert "hydra_choices" in (out / "csv" / "version_0" / "hparams.yaml").read_text()
 
 
@@ -49,6 +51,15 @@ def test_best_checkpoint_is_the_best_dev_evaluation(compose_cfg, train_data):
     state = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
     assert state["global_step"] == summary["best_dev_step"]
     assert "optimizer_states" not in state  # weights only: it serves the test evaluation and the export
+
+
+def test_a_run_that_beats_no_starting_weights_on_dev_evaluates_the_starting_weights(compose_cfg, train_data):
+    # lr 0: training changes nothing, so no dev evaluation beats step 0 (ties go to the starting model)
+    summary = train(compose_cfg([*FAST_TRAIN_OVERRIDES, "module.optimizer.lr=0.0"], data_root=train_data))["train"]
+    assert summary["best_dev_step"] == 0 and Path(summary["best_checkpoint"]).name == "start.ckpt"
+    assert summary["dev_history"][0] == [0, summary["start_dev_value"]]
+    assert all(value == summary["start_dev_value"] for _, value in summary["dev_history"])
+    assert torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)["global_step"] == 0
 
 
 @pytest.mark.parametrize(
@@ -163,7 +174,7 @@ def test_bf16_evaluation_does_not_change_training(compose_cfg, train_data, monke
     monkeypatch.setattr("retrieval_lab.index.encode.has_fast_bf16", lambda device: encoding == "auto-as-native")
     with caplog.at_level(logging.INFO, logger="retrieval_lab.callbacks.dev_eval"):
         bf16 = fit_seeded(BF16_ENCODING["bf16"] if encoding == "bf16" else [])
-    assert dev_precisions(caplog.text) == {"bf16"} and len(bf16.callbacks[0].history) == 8
+    assert dev_precisions(caplog.text) == {"bf16"} and len(bf16.callbacks[0].history) == 9  # step 0 too
     monkeypatch.setattr("retrieval_lab.index.encode.has_fast_bf16", lambda device: False)
     fp32 = fit_seeded([])
     trained, reference = bf16.model.state_dict(), fp32.model.state_dict()
@@ -193,3 +204,16 @@ def test_wandb_offline_run_logs_config_and_finishes(compose_cfg, train_data, tmp
     record = next(runs[0].glob("run-*.wandb")).read_bytes()  # offline runs keep config and history here
     for logged in (b"hydra_choices", b"temperature", b"train/loss", b"dev/ndcg@10", b"test/ndcg@10"):
         assert logged in record, logged
+
+
+def test_sweepers_optimize_the_dev_metric_that_chose_the_checkpoint(compose_cfg, train_data, caplog):
+    from retrieval_lab.train import _primary_metric
+
+    cfg = compose_cfg([*FAST_TRAIN_OVERRIDES, *LEARNS], data_root=train_data)
+    assert cfg.optimized_metric.split == "dev"
+    metrics = train(cfg)
+    assert _primary_metric(metrics, "dev", "ndcg@10") == metrics["train"]["best_dev_value"]
+    assert _primary_metric(metrics, "dev", "mrr@10") is None  # not what dev evaluation measured
+    with caplog.at_level(logging.WARNING):
+        assert _primary_metric(metrics, "test", "ndcg@10") == metrics["test"]["ndcg@10"]
+    assert "a sweeper will choose on test" in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -18,7 +19,12 @@ log = logging.getLogger(__name__)
 
 
 class DevEvaluation(pl.Callback):
-    """Logs ``dev/<metric>`` every ``every_n_steps`` optimizer steps and after the last step.
+    """Logs ``dev/<metric>`` at step 0 (the starting model), every ``every_n_steps`` optimizer steps and after
+    the last step.
+
+    The starting model is a baseline: its weights are saved as ``start.ckpt`` beside the best checkpoint, and
+    where no later evaluation beats it on dev, ``task=train`` evaluates the starting weights (fine-tuning that
+    made the model worse is not reported as a result of training).
 
     It ranks ``trainer.datamodule.dev`` (see ``RetrievalDataModule``) with a ``DenseRetriever`` over the
     encoder being trained and scores it with ``evaluate_retriever``, the code ``task=evaluate`` uses. Rank 0
@@ -42,6 +48,7 @@ class DevEvaluation(pl.Callback):
         self.every_n_steps, self.metric, self.batch_size = every_n_steps, metric, batch_size
         self.precision, self.show_progress = precision, show_progress
         self.history: list[tuple[int, float]] = []
+        self.start_checkpoint: str | None = None
 
     @property
     def monitor(self) -> str:
@@ -65,6 +72,21 @@ class DevEvaluation(pl.Callback):
                      time.perf_counter() - start, resolve_precision(self.precision, pl_module.device))  # fmt: skip
         return float(trainer.strategy.broadcast(value, src=0))
 
+    def _record(self, trainer, step: int, value: float) -> None:
+        self.history.append((step, value))
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({self.monitor: value}, step=step)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_step or self.history:  # resumed: step 0 was evaluated before
+            return
+        folder = next((Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if cb.dirpath), None)
+        path = (folder or Path(trainer.default_root_dir) / "checkpoints") / "start.ckpt"
+        trainer.save_checkpoint(path, weights_only=True)  # every rank calls it; rank 0 writes
+        self.start_checkpoint = str(path)
+        self._record(trainer, 0, self._evaluate(trainer, pl_module))
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if step == 0 or (self.history and self.history[-1][0] == step):
@@ -73,15 +95,18 @@ class DevEvaluation(pl.Callback):
         if step % self.every_n_steps and not last:
             return
         value = self._evaluate(trainer, pl_module)
-        self.history.append((step, value))
         # Straight to the loggers (not throttled by log_every_n_steps); self.log feeds ModelCheckpoint and the bar.
+        self._record(trainer, step, value)
         pl_module.log(self.monitor, torch.tensor(value), on_step=True, on_epoch=False, prog_bar=True, logger=False)
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics({self.monitor: value}, step=step)
+
+    def best(self) -> tuple[int, float] | None:
+        """``(step, value)`` of the best dev evaluation; on a tie the earliest wins, so a later checkpoint must
+        beat the starting model (step 0) strictly to be chosen over it."""
+        return max(self.history, key=lambda sv: sv[1]) if self.history else None
 
     def state_dict(self) -> dict:
-        return {"history": list(self.history)}
+        return {"history": list(self.history), "start_checkpoint": self.start_checkpoint}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = [tuple(x) for x in state_dict["history"]]
+        self.start_checkpoint = state_dict.get("start_checkpoint")

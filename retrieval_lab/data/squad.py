@@ -182,6 +182,15 @@ def load_reqa_squad(
     return build_reqa(articles, set(test), context, dev_size, train_fraction, split_seed, seed, name)
 
 
+def reqa_test_titles(
+    data_root: str | Path, file: str = "squad/dev-v1.1.json", test_fraction: float = 0.5, split_seed: int = 0
+) -> list[str]:
+    """The SQuAD titles ``data=reqa_squad`` tests on (the same article split), e.g. to keep them out of a
+    pre-training corpus."""
+    articles = read_squad(Path(data_root) / file)
+    return split_articles([a["title"] for a in articles], test_fraction, split_seed)[1]
+
+
 def load_squad_articles(
     data_root: str | Path,
     file: str = "squad/dev-v1.1.json",

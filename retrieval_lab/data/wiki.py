@@ -24,9 +24,10 @@ import gzip
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 from retrieval_lab.data.beir import DataFormatError
 
@@ -140,6 +141,15 @@ def parse_wikispeedia_text(text: str, min_words: int = 8) -> list[Section]:
     return [s for i, s in enumerate(sections) if i == 0 or s.passages]
 
 
+def title_key(title: str) -> str:
+    """How titles are compared: URL-unquoted, ``_`` as a space, case-folded.
+
+    >>> title_key("Nikola_Tesla") == title_key("nikola tesla") == title_key("Nikola%5FTesla")
+    True
+    """
+    return " ".join(unquote(title).replace("_", " ").split()).casefold()
+
+
 def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
 
@@ -168,7 +178,7 @@ def _read_articles(
                 raise DataFormatError(f"{path}:{lineno}: article {name!r} has no text")
             title = str(row.get("title") or name.replace("_", " "))
             full = max_articles is not None and len(articles) >= max_articles
-            if name in skip or title.casefold() in excluded_titles or full:
+            if name in skip or title_key(title) in excluded_titles or title_key(name) in excluded_titles or full:
                 continue
             articles[name] = Article(name, title, parse_wikispeedia_text(str(row["text"]), min_words))
     return articles, lines
@@ -206,11 +216,15 @@ def load_wikispeedia(
     exclude_titles: Iterable[str] | None = None,
     max_articles: int | None = None,
     min_passage_words: int = 8,
+    exclude_reqa_test: Mapping | None = None,
 ) -> LinkedCorpus:
     """Read ``<data_root>/<folder>``: the articles JSONL (plain or gzipped) and the link graph.
 
-    ``exclude_titles`` leaves articles out by title (e.g. those of an evaluation set); ``max_articles`` keeps the
-    first N in file order (quick runs). Links between left-out articles are dropped with them.
+    ``exclude_titles`` leaves articles out by title (e.g. those of an evaluation set); ``exclude_reqa_test``
+    (``{file, test_fraction, split_seed}``, ``data=reqa_squad``'s split; no file: nothing) leaves out every
+    article that is one of ReQA SQuAD's test articles, so pre-training never reads a test document; ``max_articles`` keeps the first N
+    in file order (quick runs). Titles match after URL-unquoting, ``_`` -> space and case folding, on the
+    article's name and its title. Links between left-out articles are dropped with them.
     """
     if max_articles is not None and max_articles < 1:
         raise ValueError(f"max_articles must be >= 1 or null, got {max_articles}")
@@ -218,8 +232,16 @@ def load_wikispeedia(
     path = base / articles_file
     if not path.exists():
         raise FileNotFoundError(f"{path}: no Wikispeedia articles here; set RETRIEVAL_LAB_DATA or paths.data_root")
-    excluded = {t.replace("_", " ").casefold() for t in exclude_titles or ()}
+    excluded = {title_key(t) for t in exclude_titles or ()}
+    reqa = dict(exclude_reqa_test or {})
+    if reqa.get("file"):  # no file: the downstream data is not ReQA SQuAD
+        from retrieval_lab.data.squad import reqa_test_titles  # squad.py builds on this module
+
+        excluded |= {title_key(t) for t in reqa_test_titles(data_root, **reqa)}
     articles, lines = _read_articles(path, set(drop), excluded, max_articles, min_passage_words)
+    if reqa.get("file"):
+        left_out = sorted(n for n in lines if title_key(n) in excluded)
+        log.info("%s: %d ReQA SQuAD test articles left out of pre-training: %s", path, len(left_out), left_out)
     links = _read_links(base / links_file, set(lines), articles) if links_file else 0
     empty = [name for name, a in articles.items() if not a.passages]
     if empty:

@@ -1,8 +1,10 @@
 """The lab's one metric implementation, on top of pytrec_eval (the C trec_eval).
 
 Metric names follow the ``name@k`` convention: ``ndcg@10``, ``mrr@10``, ``recall@100``, ``map@100``,
-``precision@5``. Every judged query with at least one relevant document counts; a query the run does
-not answer scores 0 (trec_eval alone would skip it and inflate the mean).
+``precision@5``, ``success@1`` (the share of queries with a relevant document in the top k: ReQA's R@k, where
+trec_eval's recall@1 caps at 1/n for a query with n relevant documents). Every judged query with at least one
+relevant document counts; a query the run does not answer scores 0 (trec_eval alone would skip it and inflate
+the mean).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ _TREC_NAMES = {
     "map": ("map_cut", "map_cut_{k}"),
     "precision": ("P", "P_{k}"),
     "mrr": ("recip_rank", "recip_rank"),
+    "success": ("success", "success_{k}"),  # a relevant document within the top k (ReQA's R@k, a hit rate)
 }
 
 
@@ -72,7 +75,16 @@ def evaluate_run(
     qrels: dict[str, dict[str, int]], run: Run, metrics: Sequence[str] = DEFAULT_METRICS
 ) -> dict[str, float]:
     """Mean of each metric over the judged queries, rounded to 5 digits."""
+    return mean_metrics(checked_per_query_metrics(qrels, run, metrics))
+
+
+def checked_per_query_metrics(qrels: dict[str, dict[str, int]], run: Run, metrics: Sequence[str]) -> dict[str, dict]:
+    """``per_query_metrics``, refusing qrels without a relevant document."""
     if not any(any(r > 0 for r in docs.values()) for docs in qrels.values()):
         raise ValueError("qrels hold no relevant document: nothing to evaluate")
-    per_query = per_query_metrics(qrels, run, metrics)
+    return per_query_metrics(qrels, run, metrics)
+
+
+def mean_metrics(per_query: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over the queries, rounded to 5 digits."""
     return {name: round(sum(v.values()) / len(v), 5) for name, v in per_query.items()}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from retrieval_lab.report.collect import ReportError, build_report
 from retrieval_lab.report.figure import write_figure
+from retrieval_lab.report.significance import significance_markdown
 from retrieval_lab.report.tables import to_markdown, write_tables
 
 DEFAULT_METRICS = "ndcg@10,mrr@10,recall@100"
@@ -27,6 +28,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mean-over", default=None, metavar="KEY",
                    help="also a table (and report_mean.csv) of the jobs that differ only in this swept override "
                    "(e.g. seed) averaged: mean ± sample std and n")  # fmt: skip
+    p.add_argument("--baseline", default=None, metavar="KEY=VALUE",
+                   help="a paired randomization test per query (per_query.<split>.json) of every arm against the "
+                   "arm with this swept value (e.g. negatives=bm25); arms average their --mean-over jobs")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the first DIR)")
     return p
 
@@ -37,7 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not metrics:
         parser().error("--metrics is empty")
     try:
-        report = build_report(args.dirs, metrics, args.split, args.mean_over)
+        report = build_report(args.dirs, metrics, args.split, args.mean_over, args.baseline)
+        if report.baseline:
+            significance_markdown(report, report.baseline)  # refuse a bad --baseline before writing anything
     except ReportError as err:
         parser().error(str(err))
     out = args.out or args.dirs[0]

@@ -71,11 +71,19 @@ class Report:
     split: str
     sources: list[Path] = field(default_factory=list)
     mean_over: str | None = None  # a swept key (e.g. seed) whose jobs are also summarised as mean and std
+    baseline: str | None = None  # KEY=VALUE: the arm every other arm is tested against, per query
 
     @property
     def factors(self) -> list[str]:
         """The swept overrides other than ``mean_over``: the mean table's groups, the figure's axes and series."""
         return [key for key in self.swept if key != self.mean_over]
+
+    def arms(self) -> dict[tuple[str, ...], list[Job]]:
+        """The jobs grouped by their ``factors`` values (an arm and its seeds), in the order they first appear."""
+        groups: dict[tuple[str, ...], list[Job]] = {}
+        for job in self.jobs:
+            groups.setdefault(tuple(job.value(k) for k in self.factors), []).append(job)
+        return groups
 
     @property
     def datasets(self) -> list[str]:
@@ -188,7 +196,11 @@ def split_overrides(jobs: Sequence[Job]) -> tuple[list[str], dict[str, str]]:
 
 
 def build_report(
-    dirs: Sequence[str | Path], metrics: Sequence[str], split: str = "test", mean_over: str | None = None
+    dirs: Sequence[str | Path],
+    metrics: Sequence[str],
+    split: str = "test",
+    mean_over: str | None = None,
+    baseline: str | None = None,
 ) -> Report:
     """Collect the jobs and check that the metrics exist in the finished ones (naming those that do), and that
     ``mean_over`` is a swept override."""
@@ -205,4 +217,4 @@ def build_report(
     swept, constant = split_overrides(jobs)
     if mean_over is not None and mean_over not in swept:
         raise ReportError(f"--mean-over {mean_over}: not an override that differs between jobs (those: {swept})")
-    return Report(jobs, swept, constant, list(metrics), split, [Path(d) for d in dirs], mean_over)
+    return Report(jobs, swept, constant, list(metrics), split, [Path(d) for d in dirs], mean_over, baseline)

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 from retrieval_lab.report.collect import Report
+from retrieval_lab.report.significance import significance_markdown
 from retrieval_lab.utils.io import atomic_write_text
 
 
@@ -33,11 +34,8 @@ def mean_rows(report: Report) -> list[dict]:
     ``mean_over`` values, ``n`` (finished jobs) and each metric as ``(mean, sample std or None when n < 2)``
     over the finished jobs (None when none finished), in the order the groups first appear."""
     over, keys = report.mean_over, report.factors
-    groups: dict[tuple[str, ...], list] = {}
-    for job in report.jobs:
-        groups.setdefault(tuple(job.value(k) for k in keys), []).append(job)
     out = []
-    for values, jobs in groups.items():
+    for values, jobs in report.arms().items():
         row: dict = dict(zip(keys, values, strict=True))
         row[over] = ",".join(job.value(over) for job in jobs)
         finished = [job for job in jobs if job.status == "ok"]
@@ -127,6 +125,8 @@ def to_markdown(report: Report, command: str | None = None) -> str:
     lines += _table_lines(cols, table, report.metrics)
     if report.mean_over:
         lines += ["", *mean_markdown(report)]
+    if report.baseline:
+        lines += ["", *significance_markdown(report, report.baseline)]
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from retrieval_lab.data.beir import RetrievalDataset
-from retrieval_lab.eval.metrics import evaluate_run, parse_metric
+from retrieval_lab.eval.metrics import checked_per_query_metrics, mean_metrics, parse_metric
 from retrieval_lab.eval.trec import write_trec_run
 from retrieval_lab.retrievers.base import Retriever
 from retrieval_lab.utils.io import write_json
@@ -27,16 +27,25 @@ def evaluate_retriever(
     top_k: int,
     output_dir: str | Path | None = None,
     index: bool = True,
+    ignore_identical_ids: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Rank every split's queries and score them; writes ``run.<split>.trec`` into ``output_dir`` if given."""
+    """Rank every split's queries and score them; writes ``run.<split>.trec`` and ``per_query.<split>.json``
+    (``{metric: {qid: value}}``, for paired significance tests in the report) into ``output_dir`` if given.
+
+    ``ignore_identical_ids`` drops a retrieved document whose id is the query's own, as BEIR's evaluator does
+    (it matters where queries are documents too: ArguAna, Quora, CQADupStack)."""
     if index:
         retriever.index(dataset.corpus)
     results: dict[str, dict[str, float]] = {}
     for split in splits:
         run = retriever.search(dataset.split_queries(split), top_k)
+        if ignore_identical_ids:
+            run = {q: {d: v for d, v in docs.items() if d != q} for q, docs in run.items()}
+        per_query = checked_per_query_metrics(dataset.qrels[split], run, metrics)
         if output_dir is not None:
             write_trec_run(run, Path(output_dir) / f"run.{split}.trec")
-        results[split] = evaluate_run(dataset.qrels[split], run, metrics)
+            write_json(Path(output_dir) / f"per_query.{split}.json", per_query)
+        results[split] = mean_metrics(per_query)
         log.info("%s %s: %s", dataset.name, split, results[split])
     return results
 
@@ -64,7 +73,9 @@ def check_eval_args(splits: Sequence[str], metrics: Sequence[str], top_k: int) -
             raise ValueError(f"task.metrics has {name} but task.top_k is {top_k}: raise task.top_k to >= {k}")
 
 
-def run(cfg: DictConfig, splits: Sequence[str], metrics: Sequence[str], top_k: int) -> dict:
+def run(
+    cfg: DictConfig, splits: Sequence[str], metrics: Sequence[str], top_k: int, ignore_identical_ids: bool = True
+) -> dict:
     """Entry for ``task=evaluate``; writes ``metrics.json`` and the TREC runs into ``paths.output_dir``."""
     check_eval_args(splits, metrics, top_k)
     output_dir = Path(cfg.paths.output_dir)
@@ -74,7 +85,9 @@ def run(cfg: DictConfig, splits: Sequence[str], metrics: Sequence[str], top_k: i
         raise ValueError(f"task.splits {missing} not in dataset {dataset.name!r} (has {sorted(dataset.qrels)})")
     retriever: Retriever = instantiate(cfg.retriever)
     start = time.perf_counter()
-    results: dict = evaluate_retriever(retriever, dataset, splits, metrics, top_k, output_dir)
+    results: dict = evaluate_retriever(
+        retriever, dataset, splits, metrics, top_k, output_dir, ignore_identical_ids=ignore_identical_ids
+    )
     log.info("Evaluation took %.1fs", time.perf_counter() - start)
     if costs := retrieval_costs(retriever):
         results["retrieval"] = costs

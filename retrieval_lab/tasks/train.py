@@ -25,8 +25,18 @@ from retrieval_lab.utils.io import write_json
 log = logging.getLogger(__name__)
 
 
+def dev_evaluation(result: FitResult) -> DevEvaluation | None:
+    return next((cb for cb in result.callbacks if isinstance(cb, DevEvaluation)), None)
+
+
 def best_checkpoint(result: FitResult) -> str | None:
-    """The path the monitoring ModelCheckpoint kept (best dev metric), if any."""
+    """The weights to evaluate: the starting model's where no dev evaluation beat it, else the path the
+    monitoring ModelCheckpoint kept (best dev metric), if any."""
+    dev = dev_evaluation(result)
+    if dev is not None and dev.start_checkpoint and dev.best()[0] == 0:
+        log.warning("no checkpoint beat the starting model on dev (%s %.4f at step 0): evaluating the starting "
+                    "weights, not a result of training", dev.monitor, dev.history[0][1])  # fmt: skip
+        return dev.start_checkpoint
     for cb in result.callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path:
             return cb.best_model_path
@@ -39,15 +49,19 @@ def load_weights(result: FitResult, path: str) -> None:
 
 
 def training_summary(result: FitResult, best: str | None, seconds: float) -> dict:
-    dev = next((cb for cb in result.callbacks if isinstance(cb, DevEvaluation)), None)
+    dev = dev_evaluation(result)
     summary = {"steps": result.trainer.global_step, "fit_seconds": round(seconds, 1), "best_checkpoint": best}
     if dev is not None and dev.history:
-        step, value = max(dev.history, key=lambda sv: sv[1])
+        step, value = dev.best()
         summary.update({"dev_metric": dev.metric, "best_dev_value": value, "best_dev_step": step})
+        if dev.history[0][0] == 0:  # the starting model's dev value: every results table carries it
+            summary["start_dev_value"] = dev.history[0][1]
+        summary["dev_history"] = [list(sv) for sv in dev.history]
     return summary
 
 
-def evaluate_best(cfg: DictConfig, result: FitResult, splits, metrics, top_k: int, export: bool, start: float):
+def evaluate_best(cfg: DictConfig, result: FitResult, splits, metrics, top_k: int, export: bool, start: float,
+                  ignore_identical_ids: bool = True):  # fmt: skip
     """On rank 0: load the best checkpoint, rank every split with the trained encoder, write the outputs."""
     if not result.trainer.is_global_zero:
         return {}
@@ -63,7 +77,9 @@ def evaluate_best(cfg: DictConfig, result: FitResult, splits, metrics, top_k: in
     if missing:
         raise ValueError(f"task.splits {missing} not in dataset {dataset.name!r} (has {sorted(dataset.qrels)})")
     retriever: Retriever = instantiate(cfg.retriever, encoder=result.model.encoder)
-    results: dict = evaluate_retriever(retriever, dataset, splits, metrics, top_k, output_dir)
+    results: dict = evaluate_retriever(
+        retriever, dataset, splits, metrics, top_k, output_dir, ignore_identical_ids=ignore_identical_ids
+    )
     results["train"] = training_summary(result, best, seconds)
     if costs := retrieval_costs(retriever):
         results["retrieval"] = costs
@@ -79,7 +95,14 @@ def evaluate_best(cfg: DictConfig, result: FitResult, splits, metrics, top_k: in
     return results
 
 
-def run(cfg: DictConfig, splits: Sequence[str], metrics: Sequence[str], top_k: int, export: bool = True) -> dict:
+def run(
+    cfg: DictConfig,
+    splits: Sequence[str],
+    metrics: Sequence[str],
+    top_k: int,
+    export: bool = True,
+    ignore_identical_ids: bool = True,
+) -> dict:
     """Entry for ``task=train``; resumes from ``cfg.ckpt_path`` when set."""
     check_eval_args(splits, metrics, top_k)
     retriever = get_class(cfg.retriever._target_)
@@ -93,6 +116,6 @@ def run(cfg: DictConfig, splits: Sequence[str], metrics: Sequence[str], top_k: i
     _, results = fit(
         cfg,
         ckpt_path=cfg.get("ckpt_path"),
-        then=lambda result: evaluate_best(cfg, result, splits, metrics, top_k, export, start),
+        then=lambda result: evaluate_best(cfg, result, splits, metrics, top_k, export, start, ignore_identical_ids),
     )
     return results
