@@ -152,8 +152,8 @@ def test_default_run_is_training(compose_cfg):
     assert cfg.task._target_.endswith("tasks.train.run") and cfg.retriever._target_.endswith("DenseRetriever")
 
 
-# The pre-training experiments need a linked corpus and ReQA data: tests/test_reqa.py runs their arms on tiny ones.
-@pytest.mark.parametrize("name", [n for n in options("experiment") if not n.startswith("pretrain_")])
+# The pre-training and ReQA experiments need a linked corpus or ReQA data: tests/test_reqa.py runs them on tiny ones.
+@pytest.mark.parametrize("name", [n for n in options("experiment") if not n.startswith(("pretrain_", "reqa_"))])
 def test_experiments_run_on_tiny_data(compose_cfg, tmp_path, train_data, name):
     cfg = compose_cfg([f"experiment={name}"])
     training = cfg.task._target_.endswith("tasks.train.run")

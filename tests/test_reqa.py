@@ -236,3 +236,16 @@ def test_ablation_is_one_multirun_over_every_arm_and_two_fractions():
     assert sweep.hydra.mode == "MULTIRUN"
     assert sorted(sweep.hydra.sweeper.params["+experiment/pretrain_arm"].split(",")) == ARMS
     assert sweep.hydra.sweeper.params["data.train_fraction"].split(",") == ["0.01", "0.05"]
+
+
+@pytest.mark.parametrize("task", ["train", "evaluate"])
+def test_default_recipe_on_reqa_runs_on_tiny_data(compose_cfg, reqa_root, task):
+    overrides = ["experiment=reqa_squad_dpr", "data=reqa_squad", "data.dev_size=4", *TINY]
+    if task == "train":
+        overrides += [o for o in FAST_TRAIN_OVERRIDES if "config_overrides" not in o] + ["trainer.max_epochs=1"]
+    else:
+        overrides += ["task=evaluate", "retriever.show_progress=false"]
+    metrics = train(compose_cfg(overrides, data_root=reqa_root))
+    assert metrics["test"]["success@1"] <= metrics["test"]["success@10"] and "mrr@100" in metrics["test"]
+    if task == "train":
+        assert metrics["train"]["dev_metric"] == "mrr@100" and metrics["train"]["dev_history"][0][0] == 0
