@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from retrieval_lab.index import encode
 from retrieval_lab.index.encode import bf16_copy, encode_texts, resolve_precision
 from retrieval_lab.index.faiss_index import FaissIndex
 from retrieval_lab.models.biencoder import BiEncoder
@@ -65,6 +66,23 @@ def test_bf16_copy_runs_in_bf16_without_gradients(tiny_encoder):
     copy_ = bf16_copy(tiny_encoder)
     assert all(p.dtype == torch.bfloat16 and not p.requires_grad and p.grad is None for p in copy_.parameters())
     assert not copy_.training and all(p.dtype == torch.float32 for p in tiny_encoder.parameters())
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "speedup", "expected"),
+    [(True, True, None, "bf16"), (False, True, 0.56, "fp32"), (False, True, 1.9, "bf16"), (False, False, None, "fp32")],
+)
+def test_auto_picks_bf16_only_where_it_is_faster(monkeypatch, amx, avx512_bf16, speedup, expected):
+    # AVX512-BF16 without AMX measured 0.56x fp32 on a 2048 matmul here: the flag alone does not make bf16 fast.
+    # AVX2 (no flag) is never measured: emulated bf16 would take seconds.
+    def measured():
+        assert speedup is not None, "measured where it must not be"
+        return speedup
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(encode, "cpu_bf16_speedup", measured)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
 
 
 def test_auto_precision_and_bad_values(tiny_encoder):

@@ -222,9 +222,10 @@ def load_wikispeedia(
 
     ``exclude_titles`` leaves articles out by title (e.g. those of an evaluation set); ``exclude_reqa_test``
     (``{file, test_fraction, split_seed}``, ``data=reqa_squad``'s split; no file: nothing) leaves out every
-    article that is one of ReQA SQuAD's test articles, so pre-training never reads a test document; ``max_articles`` keeps the first N
-    in file order (quick runs). Titles match after URL-unquoting, ``_`` -> space and case folding, on the
-    article's name and its title. Links between left-out articles are dropped with them.
+    article that is one of ReQA SQuAD's test articles, so pre-training never reads a test document;
+    ``max_articles`` keeps the first N in file order (quick runs). Titles match after URL-unquoting, ``_`` ->
+    space and case folding, on the article's name and its title. Links between left-out articles are dropped
+    with them.
     """
     if max_articles is not None and max_articles < 1:
         raise ValueError(f"max_articles must be >= 1 or null, got {max_articles}")
