@@ -140,3 +140,4 @@ BF16_ENCODING = {
     "bf16": ["callbacks.dev_eval.precision=bf16", "retriever.precision=bf16"],
     "auto-as-native": ["+callbacks.native_bf16._target_=tests.helpers.PretendNativeBf16"],
 }
+BF16_RESOLVED = {"bf16": "bf16", "auto-as-native": "bf16-autocast"}  # what the dev log says each ran in

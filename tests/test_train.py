@@ -18,7 +18,7 @@ import retrieval_lab.objectives.infonce as infonce
 from retrieval_lab.train import fit, train
 from retrieval_lab.training.module import NonFiniteLossError
 from retrieval_lab.utils.seed import seed_everything
-from tests.conftest import BF16_ENCODING, FAST_TRAIN_OVERRIDES
+from tests.conftest import BF16_ENCODING, BF16_RESOLVED, FAST_TRAIN_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[1]
 # A learning rate that moves a tiny random model within a few steps, so dev metrics change between evaluations.
@@ -158,7 +158,7 @@ def test_ddp_two_cpu_processes(train_data, tmp_path, encoding):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 4  # 16 queries / (batch 4 x 2 ranks) = 2 steps an epoch
     assert 0.0 <= metrics["test"]["ndcg@10"] <= 1.0
-    assert dev_precisions((run_dir / "train.log").read_text()) == {"bf16"}
+    assert dev_precisions((run_dir / "train.log").read_text()) == {BF16_RESOLVED[encoding]}
 
 
 @pytest.mark.parametrize("encoding", ["bf16", "auto-as-native"])
@@ -174,7 +174,7 @@ def test_bf16_evaluation_does_not_change_training(compose_cfg, train_data, monke
     monkeypatch.setattr("retrieval_lab.index.encode.has_fast_bf16", lambda device: encoding == "auto-as-native")
     with caplog.at_level(logging.INFO, logger="retrieval_lab.callbacks.dev_eval"):
         bf16 = fit_seeded(BF16_ENCODING["bf16"] if encoding == "bf16" else [])
-    assert dev_precisions(caplog.text) == {"bf16"} and len(bf16.callbacks[0].history) == 9  # step 0 too
+    assert dev_precisions(caplog.text) == {BF16_RESOLVED[encoding]} and len(bf16.callbacks[0].history) == 9
     monkeypatch.setattr("retrieval_lab.index.encode.has_fast_bf16", lambda device: False)
     fp32 = fit_seeded([])
     trained, reference = bf16.model.state_dict(), fp32.model.state_dict()
