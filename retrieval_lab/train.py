@@ -99,12 +99,10 @@ def _primary_metric(metrics: dict, split: str, name: str) -> float | None:
     (the one that chose the checkpoint). Tuning on test is allowed but warned about."""
     if split == "test":
         log.warning("optimized_metric.split=test: a sweeper will choose on test; use dev (the default)")
-    if name in metrics.get(split, {}):
-        return metrics[split][name]
     train = metrics.get("train", {})
     if split == "dev" and train.get("dev_metric") == name:
         return train.get("best_dev_value")
-    return None
+    return metrics.get(split, {}).get(name)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

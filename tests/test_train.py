@@ -35,6 +35,9 @@ def test_train_writes_metrics_checkpoints_and_logs(compose_cfg, train_data, tmp_
     assert 0.0 <= metrics["test"]["ndcg@10"] <= 1.0 and metrics["train"]["steps"] == 8  # 16 queries / 4, 2 epochs
     best = Path(metrics["train"]["best_checkpoint"])
     assert best.exists() and (out / "checkpoints" / "last.ckpt").exists()
+    # the chosen weights re-ranked on the dev pool reproduce the dev value that chose them
+    assert metrics["dev"]["ndcg@10"] == pytest.approx(metrics["train"]["best_dev_value"], abs=1e-4)
+    assert set(json.loads((out / "per_query.dev.json").read_text())) == set(metrics["dev"])
     step = metrics["train"]["best_dev_step"]
     assert best.stem == ("start" if step == 0 else f"best-step{step}")  # no step beat the start: its weights
     assert {line.split()[0] for line in (out / "run.test.trec").read_text().splitlines()} == {
@@ -213,7 +216,8 @@ def test_sweepers_optimize_the_dev_metric_that_chose_the_checkpoint(compose_cfg,
     assert cfg.optimized_metric.split == "dev"
     metrics = train(cfg)
     assert _primary_metric(metrics, "dev", "ndcg@10") == metrics["train"]["best_dev_value"]
-    assert _primary_metric(metrics, "dev", "mrr@10") is None  # not what dev evaluation measured
+    assert _primary_metric(metrics, "dev", "mrr@10") == metrics["dev"]["mrr@10"]  # the chosen weights on dev
+    assert _primary_metric(metrics, "dev", "success@3") is None
     with caplog.at_level(logging.WARNING):
         assert _primary_metric(metrics, "test", "ndcg@10") == metrics["test"]["ndcg@10"]
     assert "a sweeper will choose on test" in caplog.text

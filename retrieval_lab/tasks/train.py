@@ -62,7 +62,8 @@ def training_summary(result: FitResult, best: str | None, seconds: float) -> dic
 
 def evaluate_best(cfg: DictConfig, result: FitResult, splits, metrics, top_k: int, export: bool, start: float,
                   ignore_identical_ids: bool = True):  # fmt: skip
-    """On rank 0: load the best checkpoint, rank every split with the trained encoder, write the outputs."""
+    """On rank 0: load the best checkpoint (or the starting weights, where none beat them on dev), rank the dev
+    pool and every split with it, write the outputs."""
     if not result.trainer.is_global_zero:
         return {}
     seconds = time.perf_counter() - start
@@ -77,9 +78,10 @@ def evaluate_best(cfg: DictConfig, result: FitResult, splits, metrics, top_k: in
     if missing:
         raise ValueError(f"task.splits {missing} not in dataset {dataset.name!r} (has {sorted(dataset.qrels)})")
     retriever: Retriever = instantiate(cfg.retriever, encoder=result.model.encoder)
-    results: dict = evaluate_retriever(
-        retriever, dataset, splits, metrics, top_k, output_dir, ignore_identical_ids=ignore_identical_ids
-    )
+    args = {"output_dir": output_dir, "ignore_identical_ids": ignore_identical_ids}
+    # The chosen weights on the dev pool first (what chose them; per_query.dev.json for paired tests), then test.
+    results: dict = evaluate_retriever(retriever, result.datamodule.dev, ["dev"], metrics, top_k, **args)
+    results |= evaluate_retriever(retriever, dataset, splits, metrics, top_k, **args)
     results["train"] = training_summary(result, best, seconds)
     if costs := retrieval_costs(retriever):
         results["retrieval"] = costs
