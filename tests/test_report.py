@@ -198,3 +198,15 @@ def test_baseline_gives_a_paired_test_per_query_over_the_seed_means(tmp_path: Pa
     (root / "0" / "per_query.test.json").unlink()
     with pytest.raises(SystemExit):
         main([str(root), "--metrics", "ndcg@10", "--mean-over", "seed", "--baseline", "arm=plain"])
+
+
+def test_a_boolean_left_at_its_default_reads_as_its_override_would(tmp_path: Path):
+    # one job overrides objective.mask=false, the other keeps the config's True: the arms are "true" and "false"
+    root = tmp_path / "bools"
+    for num, overrides in enumerate([[], ["objective.mask=false"]]):
+        job = write_job(root, num, overrides, {"ndcg@10": 0.5})
+        config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        config["objective"] = {"mask": num == 0}
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    report = build_report([root], ["ndcg@10"])
+    assert [job.value("objective.mask") for job in report.jobs] == ["true", "false"]

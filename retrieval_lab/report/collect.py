@@ -51,6 +51,8 @@ class Job:
             return self.choices[key]
         if self.config is not None:
             value = OmegaConf.select(self.config, key, default=None, throw_on_resolution_failure=False)
+            if isinstance(value, bool):  # as an override writes it: true, false
+                return str(value).lower()
             if value is not None and not isinstance(value, DictConfig):
                 return str(value)
         return ""
