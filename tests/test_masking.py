@@ -86,6 +86,9 @@ def test_masked_distillation_is_the_kl_over_the_kept_columns():
     row1 = tct_kd_loss(student[1:], teacher[1:], 0.5)
     assert tct_kd_loss(student, teacher, 0.5, mask=mask).item() == pytest.approx((row0 + row1).item() / 2, abs=1e-6)
     assert tct_kd_loss(student, teacher, 0.5).item() != pytest.approx((row0 + row1).item() / 2, abs=1e-3)
+    student.requires_grad_()
+    tct_kd_loss(student, teacher, 0.5, mask=mask).backward()  # -inf on both sides must not give NaN gradients
+    assert torch.isfinite(student.grad).all() and student.grad[0, 1] == 0
 
 
 class FixedNegatives(NegativeSampler):
