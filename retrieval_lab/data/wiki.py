@@ -234,14 +234,14 @@ def load_wikispeedia(
     if not path.exists():
         raise FileNotFoundError(f"{path}: no Wikispeedia articles here; set RETRIEVAL_LAB_DATA or paths.data_root")
     excluded = {title_key(t) for t in exclude_titles or ()}
-    reqa = dict(exclude_reqa_test or {})
+    reqa, reqa_titles = dict(exclude_reqa_test or {}), set()
     if reqa.get("file"):  # no file: the downstream data is not ReQA SQuAD
         from retrieval_lab.data.squad import reqa_test_titles  # squad.py builds on this module
 
-        excluded |= {title_key(t) for t in reqa_test_titles(data_root, **reqa)}
-    articles, lines = _read_articles(path, set(drop), excluded, max_articles, min_passage_words)
-    if reqa.get("file"):
-        left_out = sorted(n for n in lines if title_key(n) in excluded)
+        reqa_titles = {title_key(t) for t in reqa_test_titles(data_root, **reqa)}
+    articles, lines = _read_articles(path, set(drop), excluded | reqa_titles, max_articles, min_passage_words)
+    if reqa_titles:
+        left_out = sorted(n for n in lines if title_key(n) in reqa_titles)
         log.info("%s: %d ReQA SQuAD test articles left out of pre-training: %s", path, len(left_out), left_out)
     links = _read_links(base / links_file, set(lines), articles) if links_file else 0
     empty = [name for name, a in articles.items() if not a.passages]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.nn.functional import all_gather
 
-from retrieval_lab.objectives.masking import MaskedShare, false_negative_mask, gather_keys, require_labels
+from retrieval_lab.objectives.masking import MaskedShare, gather_keys
 
 
 def infonce_loss(scores: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -60,9 +60,7 @@ class InfoNCE(MaskedShare, nn.Module):
         scores = score_fn(q, d)  # (B, world * B * (1 + n))
         targets = torch.arange(q.shape[0], device=q.device) + offset  # (B,)
         if self.mask_false_negatives:
-            labels = require_labels(labels, "infonce")
-            keys = gather_keys(labels["doc_keys"]) if self.gather_across_ranks else labels["doc_keys"]  # (N,)
-            mask = false_negative_mask(keys, labels["positive_keys"], targets)  # (B, world * B * (1 + n))
-            self.record(mask)
+            columns = gather_keys if self.gather_across_ranks else None
+            mask = self.false_negatives(labels, targets, "infonce", columns)  # (B, world * B * (1 + n))
             scores = scores.masked_fill(mask, float("-inf"))
         return infonce_loss(scores, targets, self.temperature)

@@ -13,6 +13,7 @@ The objectives remove a masked score from the row's softmax (``-inf``), except t
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -85,9 +86,19 @@ def require_labels(labels: dict | None, objective: str) -> dict:
 
 
 class MaskedShare:
-    """Mixin for objectives: remembers the share of scores the last call masked, for the module to log."""
+    """Mixin for objectives: builds a batch's false-negative mask and remembers the share of scores it masked,
+    for the module to log."""
 
     masked_share: torch.Tensor | None = None
 
-    def record(self, mask: torch.Tensor) -> None:
+    def false_negatives(
+        self, labels: dict | None, targets: torch.Tensor, objective: str, columns: Callable | None = None
+    ) -> torch.Tensor:
+        """``false_negative_mask`` of the batch's ``labels``, recorded as ``masked_share``. ``columns`` maps the
+        batch's ``doc_keys`` to those of the scored columns where they differ (gathered across ranks, or each
+        row's own documents)."""
+        labels = require_labels(labels, objective)
+        keys = labels["doc_keys"] if columns is None else columns(labels["doc_keys"])
+        mask = false_negative_mask(keys, labels["positive_keys"], targets)
         self.masked_share = mask.float().mean().detach()
+        return mask

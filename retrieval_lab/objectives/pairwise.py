@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retrieval_lab.objectives.masking import MaskedShare, false_negative_mask, require_labels
+from retrieval_lab.objectives.masking import MaskedShare
 
 
 def own_document_columns(num_queries: int, num_docs: int) -> torch.Tensor:
@@ -57,9 +57,7 @@ class PairwiseSoftmax(MaskedShare, nn.Module):
         # Query by query: a MaxSim score matrix over the whole batch would cost B times more for the same loss.
         scores = torch.cat([score_fn(q[i : i + 1], d[columns[i]]) for i in range(b)])  # (B, 1 + n)
         if self.mask_false_negatives:
-            labels = require_labels(labels, "pairwise")
             own = torch.zeros(b, dtype=torch.long, device=q.device)  # (B,) the positive is column 0
-            mask = false_negative_mask(labels["doc_keys"][columns], labels["positive_keys"], own)  # (B, 1 + n)
-            self.record(mask)
+            mask = self.false_negatives(labels, own, "pairwise", lambda keys: keys[columns])  # (B, 1 + n)
             scores = scores.masked_fill(mask, float("-inf"))
         return pairwise_softmax_loss(scores, self.temperature)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrieval_lab.models.base import Batch, Encoder
-from retrieval_lab.objectives.masking import MaskedShare, false_negative_mask, require_labels
+from retrieval_lab.objectives.masking import MaskedShare
 
 
 def tct_kd_loss(
@@ -107,11 +107,7 @@ class TCTDistill(MaskedShare, nn.Module):
         if teacher.shape != student.shape:
             raise ValueError(f"teacher scores {tuple(teacher.shape)} do not match the student's {tuple(student.shape)}")
         targets = torch.arange(q.shape[0], device=q.device)  # (B,) positives come first
-        mask = None
-        if self.mask_false_negatives:
-            labels = require_labels(labels, "tct_distill")
-            mask = false_negative_mask(labels["doc_keys"], labels["positive_keys"], targets)  # (B, N)
-            self.record(mask)
+        mask = self.false_negatives(labels, targets, "tct_distill") if self.mask_false_negatives else None  # (B, N)
         loss = tct_kd_loss(student, teacher, self.temperature, self.teacher_temperature, mask)  # ()
         if self.ce_weight:
             logits = student if mask is None else student.masked_fill(mask, float("-inf"))  # (B, N)

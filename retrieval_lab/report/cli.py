@@ -10,8 +10,7 @@ from pathlib import Path
 
 from retrieval_lab.report.collect import ReportError, build_report
 from retrieval_lab.report.figure import write_figure
-from retrieval_lab.report.significance import significance_markdown
-from retrieval_lab.report.tables import to_markdown, write_tables
+from retrieval_lab.report.tables import write_tables
 
 DEFAULT_METRICS = "ndcg@10,mrr@10,recall@100"
 
@@ -40,16 +39,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if not metrics:
         parser().error("--metrics is empty")
-    try:
-        report = build_report(args.dirs, metrics, args.split, args.mean_over, args.baseline)
-        if report.baseline:
-            significance_markdown(report, report.baseline)  # refuse a bad --baseline before writing anything
-    except ReportError as err:
-        parser().error(str(err))
     out = args.out or args.dirs[0]
     command = "python -m retrieval_lab.report " + shlex.join(sys.argv[1:] if argv is None else list(argv))
-    md, csv_path = write_tables(report, out, command)
+    try:
+        report = build_report(args.dirs, metrics, args.split, args.mean_over, args.baseline)
+        # report.md is made (paired tests included) before anything is written: a bad --baseline writes nothing
+        md, csv_path = write_tables(report, out, command)
+    except ReportError as err:
+        parser().error(str(err))
     png = write_figure(report, out / "report.png")
-    print(to_markdown(report, command))
+    print(md.read_text(), end="")
     print(f"wrote {md}, {csv_path}, {png}")
     return 0
