@@ -153,3 +153,10 @@ def test_evaluation_drops_the_document_with_the_query_id(compose_cfg, tmp_path, 
     run = (tmp_path / "out" / "run.test.trec").read_text().splitlines()
     assert any(line.split()[:3:2] == ["q1", "q1"] for line in run) is not ignore
     assert (metrics["mrr@10"] == 1.0) is ignore  # q1's relevant d1 is first once its own id is dropped
+
+
+def test_a_copy_of_the_row_s_positive_is_masked_even_if_its_labels_omit_it():
+    # min_relevance 0 can draw a positive judged 0, which is not among the query's relevant documents
+    labels = batch_labels(["P", "B", "P", "X"], [["R"], ["B"]])  # row 0's positive P, its copy in column 2
+    mask = false_negative_mask(labels["doc_keys"], labels["positive_keys"], torch.tensor([0, 1]))
+    assert mask.int().tolist() == [[0, 0, 1, 0], [0, 0, 0, 0]]
