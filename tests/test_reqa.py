@@ -181,7 +181,7 @@ def _arm_overrides(arm: str, cache: Path, fraction: float) -> list[str]:
         "pretrain_task.batch_size=4",
         f"pretrain_task.cache_dir={cache}",
     ]
-    pretrains = arm in ("bow_mlp_mix", "ict", "bfs", "wlp", "mlm", "mix")
+    pretrains = arm in ("bow_mlp_mix", "ict", "bfs", "wlp", "mlm", "mix", "retromae", "retromae_plain")
     tiny = [] if arm.startswith("bow") else TINY
     base = [o for o in FINE_TUNE if o not in TINY and not (arm == "bm25" and o.startswith("task."))] + tiny
     return ["experiment=pretrain_ablation", f"+experiment/pretrain_arm={arm}", "data=reqa_squad",
@@ -194,7 +194,7 @@ def reqa_root(tmp_path: Path) -> Path:
     return write_squad(write_wiki(tmp_path / "data"))
 
 
-@pytest.mark.parametrize("arm", ["bm25", "none", "bow_mlp_mix", "mix"])
+@pytest.mark.parametrize("arm", ["bm25", "none", "bow_mlp_mix", "mix", "retromae"])
 def test_ablation_arms_run_on_tiny_data(compose_cfg, reqa_root, tmp_path, arm):
     cfg = compose_cfg(_arm_overrides(arm, tmp_path / "cache", 0.5), data_root=reqa_root)
     metrics = train(cfg)["test"]
@@ -236,6 +236,24 @@ def test_ablation_is_one_multirun_over_every_arm_and_two_fractions():
     assert sweep.hydra.mode == "MULTIRUN"
     assert sorted(sweep.hydra.sweeper.params["+experiment/pretrain_arm"].split(",")) == ARMS
     assert sweep.hydra.sweeper.params["data.train_fraction"].split(",") == ["0.01", "0.05"]
+
+
+def test_retromae_mask_grid_is_one_multirun_of_distinct_stages(compose_cfg):
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).parents[1] / "retrieval_lab/conf/experiment"
+    params = OmegaConf.load(conf / "retromae_masks.yaml").hydra.sweeper.params
+    assert params["pretrain_task.encoder_mask"] == "0.15,0.3" and params["pretrain_task.decoder_mask"] == "0.5,0.7"
+    keys = set()
+    for enc, dec in ((0.15, 0.5), (0.15, 0.7), (0.3, 0.5), (0.3, 0.7)):  # a cell as the sweep composes it
+        cell = [f"+experiment/pretrain_arm={params['+experiment/pretrain_arm']}", "data=reqa_squad",
+                f"pretrain_task.encoder_mask={enc}", f"pretrain_task.decoder_mask={dec}"]  # fmt: skip
+        cfg = compose_cfg(["experiment=retromae_masks", *cell])
+        generator = cfg.pretrain_task.generator
+        assert (generator.encoder_mask, generator.decoder_mask) == (enc, dec) and generator.enhanced_decoding
+        assert cfg.pretrain_task.max_steps == cfg.pretrain_steps and cfg.data.train_fraction == 0.05
+        keys.add(pretrain_key(cfg))
+    assert len(keys) == 4  # each cell pre-trains its own stage
 
 
 @pytest.mark.parametrize("task", ["train", "evaluate"])

@@ -1,6 +1,6 @@
 """Linked-document corpora for pre-training: articles with a title, sections (the first is the lead), passages
-and outgoing links. Readers: Wikispeedia (Wikipedia for Schools 2007 with its link graph) here, SQuAD articles
-(no links) in ``data/squad.py``.
+and outgoing links. Readers: Wikispeedia (Wikipedia for Schools 2007 with its link graph) and a BEIR corpus (one
+passage per document, no links) here, SQuAD articles (no links) in ``data/squad.py``.
 
 Decisions on messy input (tested in ``tests/test_pretrain.py``):
 
@@ -249,3 +249,22 @@ def load_wikispeedia(
         log.warning("%s: %d articles have no prose passage (first: %s)", path, len(empty), empty[:5])
     log.info("Loaded %d Wikispeedia articles, %d links", len(articles), links)
     return LinkedCorpus(name="wikispeedia", articles=articles, has_links=links_file is not None)
+
+
+def load_beir_corpus(name: str, data_root: str | Path, download: bool = True) -> LinkedCorpus:
+    """A BEIR dataset's corpus alone (no queries, no labels) as pre-training passages: each document an article
+    with one passage, its title and text (``Document.full_text``). Pre-training on the target dataset's corpus is
+    domain adaptation on unlabeled target text (test documents included): say so beside any number it gives."""
+    from retrieval_lab.data.beir import read_corpus
+    from retrieval_lab.data.download import ensure_beir_dataset
+
+    folder = ensure_beir_dataset(name, Path(data_root) / "beir", download=download)
+    articles = {
+        doc_id: Article(doc_id, doc.title, [Section("", [doc.full_text()])])
+        for doc_id, doc in read_corpus(folder / "corpus.jsonl").items()
+        if doc.full_text().strip()
+    }
+    if not articles:
+        raise DataFormatError(f"{folder / 'corpus.jsonl'}: no document with text")
+    log.info("Loaded the %s corpus as %d pre-training passages", name, len(articles))
+    return LinkedCorpus(name=f"beir-{name}-corpus", articles=articles, has_links=False)

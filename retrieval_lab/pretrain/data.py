@@ -4,7 +4,8 @@ An example is keyed ``(epoch, batch, slot)``: the task of a global batch (for a 
 ``random.Random(f"{seed}:{epoch}:{batch}")`` and the example itself from ``f"{seed}:{epoch}:{batch}:{slot}"``,
 so the stream does not depend on worker count, and each DDP rank takes its own slots of every global batch.
 Pair examples have the ``TrainingCollator`` layout (queries, then the positives; in-batch negatives only);
-MLM examples are tokenized and masked here and padded by the collator into ``{"mlm": {...}}``.
+MLM and RetroMAE examples are tokenized and masked here (by the task's masker) and padded by the collator into
+``{"mlm": {...}}`` or ``{"retromae": {...}}``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from retrieval_lab.data.wiki import LinkedCorpus
 from retrieval_lab.models.base import Batch, Encoder
 from retrieval_lab.pretrain.mlm import IGNORE, mask_tokens
-from retrieval_lab.pretrain.tasks import MaskedText, Mix, PretrainTask
+from retrieval_lab.pretrain.retromae import RetroMAEMasker, collate_retromae
+from retrieval_lab.pretrain.tasks import MaskedLanguageModel, MaskedText, Mix, PretrainTask, RetroMAE, subtasks
 from retrieval_lab.training.data import TrainingCollator
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ class PretrainStream(Dataset):
 
     def __init__(self, task: PretrainTask | Mix, num_batches: int, seed: int) -> None:
         self.task, self.num_batches, self.seed = task, num_batches, seed
-        self.masker: Masker | None = None
+        self.maskers: dict[str, Callable[[str, random.Random], dict]] = {}  # task name -> its masker
 
     def __len__(self) -> int:
         return self.num_batches
@@ -63,11 +65,12 @@ class PretrainStream(Dataset):
     def __getitem__(self, key: tuple[int, int, int]) -> dict:
         epoch, batch, slot = key
         rng = random.Random(f"{self.seed}:{epoch}:{batch}:{slot}")
-        example = self.task_of(epoch, batch).sample(rng)
+        task = self.task_of(epoch, batch)
+        example = task.sample(rng)
         if isinstance(example, MaskedText):
-            if self.masker is None:
-                raise RuntimeError("PretrainDataModule.bind_encoder(encoder) must be called before MLM batches")
-            return self.masker(example.text, rng)
+            if task.name not in self.maskers:
+                raise RuntimeError(f"PretrainDataModule.bind_encoder(encoder) must come before {task.name} batches")
+            return self.maskers[task.name](example.text, rng)
         group = [example.group]  # the pair's key for false-negative masking (same article or target)
         return {"query": example.query, "positive": example.document.full_text(), "negatives": [],
                 "doc_ids": group, "relevant": group}  # fmt: skip
@@ -94,7 +97,7 @@ class StreamSampler(Sampler):
 
 class PretrainCollator:
     """Pair batches through ``TrainingCollator``; MLM batches padded into ``{"mlm": {input_ids, attention_mask,
-    labels}}``. A batch is one or the other (the stream draws one task per batch)."""
+    labels}}``, RetroMAE batches into ``{"retromae": {...}}``. A batch is of one kind (one task per batch)."""
 
     def __init__(self, encoder: Encoder, query_max_length: int | None, doc_max_length: int | None) -> None:
         self.pairs = TrainingCollator(encoder, query_max_length, doc_max_length)
@@ -103,8 +106,10 @@ class PretrainCollator:
     def __call__(self, items: list[dict]) -> dict[str, Batch]:
         if all("query" in it for it in items):
             return self.pairs(items)
+        if all("retromae_ids" in it for it in items):
+            return {"retromae": collate_retromae(items, self.pad_id)}
         if not all("mlm_input_ids" in it for it in items):
-            raise RuntimeError("a pre-training batch mixes pair and MLM examples")
+            raise RuntimeError("a pre-training batch mixes examples of different tasks")
         width = max(len(it["mlm_input_ids"]) for it in items)
         ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)  # (B, L)
         labels = torch.full((len(items), width), IGNORE, dtype=torch.long)  # (B, L)
@@ -146,9 +151,13 @@ class PretrainDataModule(pl.LightningDataModule):
 
     def bind_encoder(self, encoder: Encoder) -> None:
         self.collator = PretrainCollator(encoder, *self.lengths)
-        mlm = [t for t in (self.task.tasks.values() if isinstance(self.task, Mix) else [self.task]) if t.masked_lm]
-        if mlm:
-            self.stream.masker = Masker(encoder, self.lengths[1], mlm[0].mask_prob)
+        for task in subtasks(self.task):
+            if isinstance(task, RetroMAE):
+                self.stream.maskers[task.name] = RetroMAEMasker(
+                    encoder, self.lengths[1], task.encoder_mask, task.decoder_mask, task.enhanced_decoding
+                )
+            elif isinstance(task, MaskedLanguageModel):
+                self.stream.maskers[task.name] = Masker(encoder, self.lengths[1], task.mask_prob)
 
     def setup(self, stage: str | None = None) -> None:
         if self.corpus is not None:

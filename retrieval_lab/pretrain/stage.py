@@ -34,11 +34,13 @@ from pytorch_lightning.loggers import CSVLogger
 from retrieval_lab.models.base import Encoder
 from retrieval_lab.pretrain.data import PretrainDataModule
 from retrieval_lab.pretrain.module import PretrainModule
+from retrieval_lab.pretrain.tasks import MaskedLanguageModel, RetroMAE, subtasks
 from retrieval_lab.utils.io import atomic_dir, atomic_file, write_json
 from retrieval_lab.utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
 WEIGHTS = "encoder.pt"
+HEADS = "heads.pt"  # the pre-training heads (MLM head, RetroMAE decoder): to continue a stage, never to fine-tune
 _NOT_IN_KEY = ("cache_dir", "num_workers")  # settings that do not change the weights
 
 
@@ -82,8 +84,9 @@ def _pretrain(cfg: DictConfig, out_dir: Path) -> dict:
     task = _construct(stage.generator)
     encoder = _construct(cfg.model)
     optimizer = functools.partial(torch.optim.AdamW, lr=stage.lr, weight_decay=stage.weight_decay)
-    module = PretrainModule(encoder, _construct(cfg.objective), optimizer, stage.warmup_ratio, cfg.seed,
-                            masked_lm=task.masked_lm)  # fmt: skip
+    module = _module(task, encoder, _construct(cfg.objective), optimizer, stage.warmup_ratio, cfg.seed)
+    if stage.get("init_from"):
+        _continue_from(module, Path(stage.init_from))
     datamodule = PretrainDataModule(
         corpus=instantiate(stage.corpus, _partial_=True), task=task, batch_size=stage.batch_size,
         num_batches=stage.max_steps, seed=cfg.seed, num_workers=stage.num_workers,
@@ -101,6 +104,9 @@ def _pretrain(cfg: DictConfig, out_dir: Path) -> dict:
     seconds = time.perf_counter() - loaded
     with atomic_file(out_dir / WEIGHTS) as tmp:
         torch.save(encoder.state_dict(), tmp)
+    if heads := module.heads_state_dict():
+        with atomic_file(out_dir / HEADS) as tmp:
+            torch.save(heads, tmp)
     summary = {
         "task": task.name,
         "corpus": datamodule.corpus.name,
@@ -117,6 +123,26 @@ def _pretrain(cfg: DictConfig, out_dir: Path) -> dict:
     write_json(out_dir / "pretrain.json", summary)
     log.info("pre-trained %s for %d steps in %.0fs: %s", task.name, trainer.global_step, seconds, out_dir)
     return summary
+
+
+def _module(task, encoder: Encoder, objective, optimizer, warmup_ratio: float, seed: int) -> PretrainModule:
+    """The pre-training module with the heads ``task`` (or a mix's tasks) needs."""
+    tasks = subtasks(task)
+    retromae = next((t for t in tasks if isinstance(t, RetroMAE)), None)
+    settings = None if retromae is None else {"enhanced_decoding": retromae.enhanced_decoding,
+                                              "sentence_pooling": retromae.sentence_pooling}  # fmt: skip
+    masked_lm = any(isinstance(t, MaskedLanguageModel) and not isinstance(t, RetroMAE) for t in tasks)
+    return PretrainModule(encoder, objective, optimizer, warmup_ratio, seed, masked_lm=masked_lm, retromae=settings)
+
+
+def _continue_from(module: PretrainModule, folder: Path) -> None:
+    """Start a stage from an earlier stage's output (``pretrain_task.init_from``): its encoder and its heads."""
+    heads = load_encoder_weights(module.encoder, folder).parent / HEADS  # saved beside the encoder's weights
+    if module.heads_state_dict():
+        if not heads.is_file():
+            raise FileNotFoundError(f"pretrain_task.init_from={folder}: no {HEADS} there to continue the heads from")
+        module.load_heads_state_dict(torch.load(heads, map_location="cpu", weights_only=True), str(heads))
+    log.info("continuing pre-training from %s", folder)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@
 Every task ``prepare``s once on a ``LinkedCorpus`` (indexing what it can sample from) and then ``sample``s one
 example from the caller's ``random.Random``, so the stream is a pure function of the seed the data module
 derives per example. Pair tasks return a ``Pair`` (a query and its positive document; the other documents of
-the batch are the negatives); ``MaskedLanguageModel`` returns a ``MaskedText`` for the MLM loss.
+the batch are the negatives); ``MaskedLanguageModel`` and ``RetroMAE`` return a ``MaskedText`` for their losses.
 
 - ICT (Lee et al., 2019): a random sentence of a passage is the query; the rest of the passage, with the title,
   is the document; with probability ``keep_query_prob`` the sentence stays in the document.
@@ -170,6 +170,30 @@ class MaskedLanguageModel(PretrainTask):
     def sample(self, rng: random.Random) -> MaskedText:
         article_id, p = self.units[rng.randrange(len(self.units))]
         return MaskedText(self.articles[article_id].passages[p], {"task": self.name, "article": article_id})
+
+
+class RetroMAE(MaskedLanguageModel):
+    """Passages for RetroMAE (``pretrain/retromae.py``): the encoder reads them whole-word-masked at
+    ``encoder_mask``, a one-layer decoder rebuilds them at ``decoder_mask`` from the sentence embedding alone."""
+
+    name = "retromae"
+
+    def __init__(self, encoder_mask: float = 0.3, decoder_mask: float = 0.5, enhanced_decoding: bool = True,
+                 sentence_pooling: str = "cls") -> None:  # fmt: skip
+        for key, value in (("encoder_mask", encoder_mask), ("decoder_mask", decoder_mask)):
+            if not 0 < value < 1:
+                raise ValueError(f"pretrain_task.{key} must be in (0, 1), got {value}")
+        if sentence_pooling not in ("cls", "mean"):
+            raise ValueError(f"pretrain_task.sentence_pooling must be cls or mean, got {sentence_pooling!r}")
+        self.encoder_mask, self.decoder_mask = encoder_mask, decoder_mask
+        self.enhanced_decoding, self.sentence_pooling = enhanced_decoding, sentence_pooling
+
+
+def subtasks(task: PretrainTask | Mix) -> list[PretrainTask]:
+    """The tasks a stream can draw: the task itself, or a mix's tasks with a weight above 0."""
+    if isinstance(task, Mix):
+        return [t for t, w in zip(task.tasks.values(), task.weights, strict=True) if w > 0]
+    return [task]
 
 
 class Mix:

@@ -94,7 +94,8 @@ class RetrievalModule(pl.LightningModule):
                 "Try a lower optimizer lr, a larger objective.temperature or trainer.gradient_clip_val."
             )
         self.log("train/loss", loss, prog_bar=True, batch_size=self.batch_size_of(batch))
-        if (share := getattr(self.objective, "masked_share", None)) is not None and "mlm" not in batch:
+        pairs = not batch.keys() & {"mlm", "retromae"}  # pre-training's MLM and RetroMAE batches skip the objective
+        if (share := getattr(self.objective, "masked_share", None)) is not None and pairs:
             self.log("train/masked_share", share, batch_size=self.batch_size_of(batch))  # false negatives masked
         return loss
 
