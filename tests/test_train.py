@@ -221,3 +221,19 @@ def test_sweepers_optimize_the_dev_metric_that_chose_the_checkpoint(compose_cfg,
     with caplog.at_level(logging.WARNING):
         assert _primary_metric(metrics, "test", "ndcg@10") == metrics["test"]["ndcg@10"]
     assert "a sweeper will choose on test" in caplog.text
+
+
+def test_dev_only_run_never_reads_test(compose_cfg, train_data, tmp_path, monkeypatch):
+    """task.splits=[]: recipes are chosen on dev without a test evaluation (or a corpus encoding for one)."""
+    import retrieval_lab.tasks.train as train_task
+
+    ranked = []
+    original = train_task.evaluate_retriever
+    monkeypatch.setattr(train_task, "evaluate_retriever", lambda r, d, splits, *a, **k: ranked.append(list(splits))
+                        or original(r, d, splits, *a, **k))  # fmt: skip
+    metrics = train(compose_cfg([*FAST_TRAIN_OVERRIDES, *LEARNS, "task.splits=[]"], data_root=train_data))
+    assert ranked == [["dev"]] and "test" not in metrics and {"dev", "train"} <= set(metrics)
+    assert not (tmp_path / "out" / "run.test.trec").exists() and (tmp_path / "out" / "per_query.dev.json").exists()
+    from retrieval_lab.train import _primary_metric
+
+    assert _primary_metric(metrics, "dev", "ndcg@10") == metrics["train"]["best_dev_value"]

@@ -61,9 +61,10 @@ def retrieval_costs(retriever: Retriever) -> dict[str, float]:
     return costs
 
 
-def check_eval_args(splits: Sequence[str], metrics: Sequence[str], top_k: int) -> None:
-    """Refuse bad ``task.*`` values before any data is read."""
-    if not splits:
+def check_eval_args(splits: Sequence[str], metrics: Sequence[str], top_k: int, dev_only: bool = False) -> None:
+    """Refuse bad ``task.*`` values before any data is read; ``dev_only``: an empty ``splits`` is allowed (a
+    training run that ranks only its dev pool)."""
+    if not splits and not dev_only:
         raise ValueError("task.splits is empty: name at least one qrels split, e.g. [test]")
     if top_k < 1:
         raise ValueError(f"task.top_k must be >= 1, got {top_k}")

@@ -81,7 +81,8 @@ def evaluate_best(cfg: DictConfig, result: FitResult, splits, metrics, top_k: in
     args = {"output_dir": output_dir, "ignore_identical_ids": ignore_identical_ids}
     # The chosen weights on the dev pool first (what chose them; per_query.dev.json for paired tests), then test.
     results: dict = evaluate_retriever(retriever, result.datamodule.dev, ["dev"], metrics, top_k, **args)
-    results |= evaluate_retriever(retriever, dataset, splits, metrics, top_k, **args)
+    if splits:  # task.splits=[]: dev only (choosing a recipe without reading test); no corpus encoding
+        results |= evaluate_retriever(retriever, dataset, splits, metrics, top_k, **args)
     results["train"] = training_summary(result, best, seconds)
     if costs := retrieval_costs(retriever):
         results["retrieval"] = costs
@@ -105,8 +106,9 @@ def run(
     export: bool = True,
     ignore_identical_ids: bool = True,
 ) -> dict:
-    """Entry for ``task=train``; resumes from ``cfg.ckpt_path`` when set."""
-    check_eval_args(splits, metrics, top_k)
+    """Entry for ``task=train``; resumes from ``cfg.ckpt_path`` when set. ``splits=[]`` evaluates the chosen
+    weights on the dev pool only, for choosing recipes on dev without reading test."""
+    check_eval_args(splits, metrics, top_k, dev_only=True)
     retriever = get_class(cfg.retriever._target_)
     if getattr(get_class(cfg.model._target_), "multi_vector", False):
         if not issubclass(retriever, ColbertRetriever):
