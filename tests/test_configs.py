@@ -43,7 +43,10 @@ def test_data_options_instantiate(compose_cfg, option):
         cfg = compose_cfg([f"data={option}"], data_root=Path(root))
         assert cfg.data.name == option
     dataset = instantiate(cfg.data)
-    assert dataset.corpus and dataset.queries and dataset.qrels
+    if option in ("stsb", "sickr"):  # sentence pairs for task=evaluate_sts
+        assert set(dataset.splits) == {"train", "dev", "test"} and all(dataset.splits.values())
+    else:
+        assert dataset.corpus and dataset.queries and dataset.qrels
 
 
 @pytest.mark.parametrize("option", options("model"))

@@ -81,6 +81,9 @@ def run(
     check_eval_args(splits, metrics, top_k)
     output_dir = Path(cfg.paths.output_dir)
     dataset: RetrievalDataset = instantiate(cfg.data)
+    if not isinstance(dataset, RetrievalDataset):
+        raise ValueError(f"task=evaluate ranks a corpus; data.name={cfg.data.get('name')} is a "
+                         f"{type(dataset).__name__}: use task=evaluate_sts for sentence similarity")  # fmt: skip
     missing = [s for s in splits if s not in dataset.qrels]
     if missing:
         raise ValueError(f"task.splits {missing} not in dataset {dataset.name!r} (has {sorted(dataset.qrels)})")
