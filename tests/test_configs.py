@@ -91,7 +91,15 @@ def test_objective_options_instantiate(compose_cfg, option):
     objective = instantiate(cfg.objective)
     q, d = torch.randn(2, 8), torch.randn(6, 8)
     extra = {}
-    if getattr(objective, "needs_batch", False):
+    if hasattr(objective, "bind"):  # built around the encoder being trained (SG-OPT): a tiny raw-[CLS] one
+        from retrieval_lab.models.biencoder import BiEncoder
+        from tests.conftest import TINY_BERT
+
+        encoder = BiEncoder(config_overrides=TINY_BERT, pooling="cls", normalize=False)
+        objective.bind(encoder)
+        extra["batch"] = {"queries": dict(encoder.tokenize_queries(["query one", "query two"]))}
+        q, d = encoder.encode_queries(extra["batch"]["queries"]), None
+    elif getattr(objective, "needs_batch", False):
         tokenize = objective.teacher.tokenizer
         texts = {"queries": ["query one", "query two"], "docs": [f"document {i}" for i in range(6)]}
         extra["batch"] = {side: dict(tokenize(t, padding=True, return_tensors="pt")) for side, t in texts.items()}
@@ -109,7 +117,8 @@ def test_negatives_options_instantiate(compose_cfg, option):
 def test_datamodule_options_instantiate(compose_cfg, option):
     cfg = compose_cfg([f"datamodule={option}"])
     datamodule = instantiate(cfg.datamodule)(dataset=instantiate(cfg.data, _partial_=True), negatives=None)
-    assert isinstance(datamodule, pl.LightningDataModule) and datamodule.dataset is None  # nothing loaded yet
+    assert isinstance(datamodule, pl.LightningDataModule)
+    assert all(getattr(datamodule, name, None) is None for name in ("dataset", "sts"))  # nothing loaded yet
 
 
 @pytest.mark.parametrize("option", options("module"))
@@ -170,8 +179,8 @@ def test_default_run_is_training(compose_cfg):
     assert cfg.task._target_.endswith("tasks.train.run") and cfg.retriever._target_.endswith("DenseRetriever")
 
 
-# The pre-training, RetroMAE and ReQA experiments need a linked corpus or ReQA data: tests/test_reqa.py runs them.
-ON_TINY_BEIR = [n for n in options("experiment") if not n.startswith(("pretrain_", "reqa_", "retromae_"))]
+# Pre-training, RetroMAE, ReQA and SG-OPT experiments need their own data: test_reqa.py, test_self_guided.py run them.
+ON_TINY_BEIR = [n for n in options("experiment") if not n.startswith(("pretrain_", "reqa_", "retromae_", "sgopt_"))]
 
 
 @pytest.mark.parametrize("name", ON_TINY_BEIR)

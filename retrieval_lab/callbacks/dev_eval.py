@@ -42,13 +42,17 @@ class DevEvaluation(pl.Callback):
     ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"callbacks.dev_eval.every_n_steps must be >= 1, got {every_n_steps}")
-        parse_metric(metric)
+        self.check_metric(metric)
         if precision not in PRECISIONS:
             raise ValueError(f"callbacks.dev_eval.precision must be one of {PRECISIONS}, got {precision!r}")
         self.every_n_steps, self.metric, self.batch_size = every_n_steps, metric, batch_size
         self.precision, self.show_progress = precision, show_progress
         self.history: list[tuple[int, float]] = []
         self.start_checkpoint: str | None = None
+
+    @staticmethod
+    def check_metric(metric: str) -> None:
+        parse_metric(metric)
 
     @property
     def monitor(self) -> str:
@@ -110,3 +114,27 @@ class DevEvaluation(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = [tuple(x) for x in state_dict["history"]]
         self.start_checkpoint = state_dict.get("start_checkpoint")
+
+
+class StsDevEvaluation(DevEvaluation):
+    """``callbacks=sts``: the same schedule, start baseline and checkpoint choice, scored by the Spearman (or
+    Pearson) correlation of cosine similarities on the data module's STS dev pairs (``datamodule=sentences``)."""
+
+    @staticmethod
+    def check_metric(metric: str) -> None:
+        if metric not in ("spearman", "pearson"):
+            raise ValueError(f"callbacks.dev_eval.metric must be spearman or pearson for STS, got {metric!r}")
+
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> float:
+        from retrieval_lab.data.sts import StsDataset
+        from retrieval_lab.tasks.evaluate_sts import evaluate_sts
+
+        value = 0.0
+        if trainer.is_global_zero:
+            start = time.perf_counter()
+            dev = StsDataset("dev", {"dev": trainer.datamodule.dev_pairs})
+            args = {"batch_size": self.batch_size, "precision": self.precision, "device": str(pl_module.device)}
+            value = evaluate_sts(pl_module.encoder, dev, ["dev"], **args)["dev"][self.metric]
+            log.info("step %d: dev %s %.4f (%.1fs, %s)", trainer.global_step, self.metric, value,
+                     time.perf_counter() - start, resolve_precision(self.precision, pl_module.device))  # fmt: skip
+        return float(trainer.strategy.broadcast(value, src=0))

@@ -31,10 +31,10 @@ SIDES = ("queries", "docs")
 
 
 def score_pairs(encoder: Encoder, pairs: Sequence[StsPair], batch_size: int = 64, precision: str = "auto",
-                side: str = "docs", show_progress: bool = False) -> np.ndarray:  # fmt: skip
+                side: str = "docs", show_progress: bool = False, device: str | None = None) -> np.ndarray:  # fmt: skip
     """The cosine similarity of each pair's two sentences, every distinct sentence encoded once."""
     sentences = list(dict.fromkeys(s for p in pairs for s in (p.sentence1, p.sentence2)))
-    vectors = encode_texts(encoder, sentences, side, batch_size, precision, show_progress)  # (S, d)
+    vectors = encode_texts(encoder, sentences, side, batch_size, precision, show_progress, device)  # (S, d)
     row = {s: i for i, s in enumerate(sentences)}
     first = vectors[[row[p.sentence1] for p in pairs]]  # (N, d)
     second = vectors[[row[p.sentence2] for p in pairs]]  # (N, d)

@@ -67,6 +67,8 @@ class RetrievalModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["encoder", "objective", "optimizer"])
         self.encoder, self.objective, self.optimizer_factory = encoder, objective, optimizer
         self.warmup_ratio, self.seed = warmup_ratio, seed
+        if hasattr(objective, "bind"):  # objectives built around the encoder (SG-OPT's frozen copy)
+            objective.bind(encoder)
         self.train()  # from_pretrained returns eval-mode modules; Lightning keeps modes, and dropout is wanted
 
     def forward(self, batch: dict[str, Batch]) -> torch.Tensor:
@@ -74,6 +76,8 @@ class RetrievalModule(pl.LightningModule):
         false-negative masking); those with ``needs_batch`` (distillation from a teacher that tokenizes for
         itself) also get the tokenized batch."""
         q = self.encoder.encode_queries(batch["queries"])  # (B, d) or token vectors (B, Lq, d)
+        if not getattr(self.objective, "uses_docs", True):  # one text per row (SG-OPT's sentences)
+            return self.objective(q, None, self.encoder.score, labels=batch.get("labels"), batch=batch)
         d = self.encoder.encode_docs(batch["docs"])  # (B * (1 + n), d) or (B * (1 + n), Ld, d)
         if self.encoder.multi_vector:
             d = pad_tokens_across_ranks(d)
