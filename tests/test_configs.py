@@ -97,8 +97,12 @@ def test_objective_options_instantiate(compose_cfg, option):
 
         encoder = BiEncoder(config_overrides=TINY_BERT, pooling="cls", normalize=False)
         objective.bind(encoder)
-        extra["batch"] = {"queries": dict(encoder.tokenize_queries(["query one", "query two"]))}
+        texts = ["query one", "query two"]
+        extra["batch"] = {"queries": dict(encoder.tokenize_queries(texts)), "docs": dict(encoder.tokenize_docs(texts))}
         q, d = encoder.encode_queries(extra["batch"]["queries"]), None
+        labels = batch_labels(["d0", "d1"], [["d0"], ["d1"]])
+        assert objective(q, d, lambda a, b: a @ b.T, labels=labels, **extra).ndim == 0
+        return
     elif getattr(objective, "needs_batch", False):
         tokenize = objective.teacher.tokenizer
         texts = {"queries": ["query one", "query two"], "docs": [f"document {i}" for i in range(6)]}

@@ -20,9 +20,20 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from retrieval_lab.data.wiki import LinkedCorpus
 from retrieval_lab.models.base import Batch, Encoder
+from retrieval_lab.objectives.masking import batch_labels
+from retrieval_lab.pretrain.cropping import Cropper
 from retrieval_lab.pretrain.mlm import IGNORE, mask_tokens
 from retrieval_lab.pretrain.retromae import RetroMAEMasker, collate_retromae
-from retrieval_lab.pretrain.tasks import MaskedLanguageModel, MaskedText, Mix, PretrainTask, RetroMAE, subtasks
+from retrieval_lab.pretrain.tasks import (
+    CropSource,
+    MaskedLanguageModel,
+    MaskedText,
+    Mix,
+    PretrainTask,
+    RandomCropping,
+    RetroMAE,
+    subtasks,
+)
 from retrieval_lab.training.data import TrainingCollator
 
 log = logging.getLogger(__name__)
@@ -67,9 +78,11 @@ class PretrainStream(Dataset):
         rng = random.Random(f"{self.seed}:{epoch}:{batch}:{slot}")
         task = self.task_of(epoch, batch)
         example = task.sample(rng)
-        if isinstance(example, MaskedText):
+        if isinstance(example, MaskedText | CropSource):
             if task.name not in self.maskers:
                 raise RuntimeError(f"PretrainDataModule.bind_encoder(encoder) must come before {task.name} batches")
+            if isinstance(example, CropSource):  # two crops as token ids
+                return self.maskers[task.name](example.text, example.group, rng)
             return self.maskers[task.name](example.text, rng)
         group = [example.group]  # the pair's key for false-negative masking (same article or target)
         return {"query": example.query, "positive": example.document.full_text(), "negatives": [],
@@ -108,6 +121,11 @@ class PretrainCollator:
             return self.pairs(items)
         if all("retromae_ids" in it for it in items):
             return {"retromae": collate_retromae(items, self.pad_id)}
+        if all("query_ids" in it for it in items):  # token-level pairs (cropping): padded as they are
+            batch = {"queries": self._pad([it["query_ids"] for it in items]),
+                     "docs": self._pad([it["positive_ids"] for it in items])}  # fmt: skip
+            batch["labels"] = batch_labels([it["doc_ids"][0] for it in items], [it["relevant"] for it in items])
+            return batch
         if not all("mlm_input_ids" in it for it in items):
             raise RuntimeError("a pre-training batch mixes examples of different tasks")
         width = max(len(it["mlm_input_ids"]) for it in items)
@@ -120,6 +138,14 @@ class PretrainCollator:
             labels[row, :n] = torch.tensor(it["mlm_labels"])
             mask[row, :n] = 1
         return {"mlm": {"input_ids": ids, "attention_mask": mask, "labels": labels}}
+
+    def _pad(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # (B, L)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, L)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+        return {"input_ids": ids, "attention_mask": mask}
 
 
 class PretrainDataModule(pl.LightningDataModule):
@@ -155,6 +181,10 @@ class PretrainDataModule(pl.LightningDataModule):
             if isinstance(task, RetroMAE):
                 self.stream.maskers[task.name] = RetroMAEMasker(
                     encoder, self.lengths[1], task.encoder_mask, task.decoder_mask, task.enhanced_decoding
+                )
+            elif isinstance(task, RandomCropping):
+                self.stream.maskers[task.name] = Cropper(
+                    encoder, task.chunk_length, task.ratio_min, task.ratio_max, task.delete_prob
                 )
             elif isinstance(task, MaskedLanguageModel):
                 self.stream.maskers[task.name] = Masker(encoder, self.lengths[1], task.mask_prob)

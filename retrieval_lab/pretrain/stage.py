@@ -56,11 +56,16 @@ def pretrain_key(cfg: DictConfig) -> str:
     parts = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "pretrain_task": stage,
-        "objective": OmegaConf.to_container(cfg.objective, resolve=True),
+        "objective": OmegaConf.to_container(stage_objective(cfg), resolve=True),
         "precision": str(cfg.trainer.get("precision")),
         "seed": cfg.seed,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def stage_objective(cfg: DictConfig) -> DictConfig:
+    """The pre-training stage's objective: ``pretrain_task.objective`` where set, else the run's ``objective``."""
+    return cfg.pretrain_task.get("objective") or cfg.objective
 
 
 def _check_single_device(cfg: DictConfig) -> None:
@@ -84,7 +89,7 @@ def _pretrain(cfg: DictConfig, out_dir: Path) -> dict:
     task = _construct(stage.generator)
     encoder = _construct(cfg.model)
     optimizer = functools.partial(torch.optim.AdamW, lr=stage.lr, weight_decay=stage.weight_decay)
-    module = _module(task, encoder, _construct(cfg.objective), optimizer, stage.warmup_ratio, cfg.seed)
+    module = _module(task, encoder, _construct(stage_objective(cfg)), optimizer, stage.warmup_ratio, cfg.seed)
     if stage.get("init_from"):
         _continue_from(module, Path(stage.init_from))
     datamodule = PretrainDataModule(

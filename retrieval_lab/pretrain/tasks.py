@@ -189,6 +189,48 @@ class RetroMAE(MaskedLanguageModel):
         self.enhanced_decoding, self.sentence_pooling = enhanced_decoding, sentence_pooling
 
 
+@dataclass(frozen=True)
+class CropSource:
+    """A document to crop (``RandomCropping``); the stream's cropper tokenizes and crops it."""
+
+    text: str
+    group: str  # the document's key: two crops of one document are never each other's negatives
+    source: dict = field(default_factory=dict)
+
+
+class RandomCropping(PretrainTask):
+    """Contriever's pairs (Izacard et al., 2021): two independent random crops of one window of a document.
+
+    ``sample`` draws an article (its passages joined); the stream's ``Cropper`` (``pretrain/cropping.py``) cuts a
+    window of ``chunk_length`` tokens at a random offset, then two crops of ``U(ratio_min, ratio_max)`` of the
+    window each, then deletes each token with ``delete_prob``.
+    """
+
+    name = "cropping"
+
+    def __init__(self, chunk_length: int = 256, ratio_min: float = 0.1, ratio_max: float = 0.5,
+                 delete_prob: float = 0.1) -> None:  # fmt: skip
+        if chunk_length < 2:
+            raise ValueError(f"pretrain_task.chunk_length must be >= 2, got {chunk_length}")
+        if not 0 < ratio_min <= ratio_max <= 1:
+            raise ValueError(f"pretrain_task ratios must satisfy 0 < ratio_min <= ratio_max <= 1, got "
+                             f"{ratio_min}, {ratio_max}")  # fmt: skip
+        if not 0 <= delete_prob < 1:
+            raise ValueError(f"pretrain_task.delete_prob must be in [0, 1), got {delete_prob}")
+        self.chunk_length, self.ratio_min, self.ratio_max = chunk_length, ratio_min, ratio_max
+        self.delete_prob = delete_prob
+
+    def prepare(self, corpus: LinkedCorpus) -> None:
+        self.articles = corpus.articles
+        self.units = _require([a.id for a in corpus.articles.values() if a.passages], "cropping", corpus, "passage")
+
+    def sample(self, rng: random.Random) -> CropSource:
+        article = self.articles[self.units[rng.randrange(len(self.units))]]
+        return CropSource(
+            " ".join(article.passages), f"article:{article.id}", {"task": self.name, "article": article.id}
+        )
+
+
 def subtasks(task: PretrainTask | Mix) -> list[PretrainTask]:
     """The tasks a stream can draw: the task itself, or a mix's tasks with a weight above 0."""
     if isinstance(task, Mix):
