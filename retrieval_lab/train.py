@@ -76,6 +76,7 @@ def fit(
     encoder = make(cfg.model)
     init_encoder(cfg, encoder)  # init_from, or the (cached) pre-training stage of pretrain_task
     model = make(cfg.module)(encoder=encoder, objective=objective)
+    trainer_args = _grad_cache_trainer_args(cfg, model)
     datamodule.bind_encoder(encoder)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     if cfg.get("index_refresh") is not None:
@@ -83,7 +84,7 @@ def fit(
     loggers = instantiate_loggers(cfg.get("logger"))
     failed = True
     try:
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_args)
         log_run_config(loggers, cfg)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         result = FitResult(datamodule, model, callbacks, loggers, trainer)
@@ -92,6 +93,20 @@ def fit(
         return result, after
     finally:
         finish_loggers(loggers, failed)
+
+
+def _grad_cache_trainer_args(cfg: DictConfig, model: RetrievalModule) -> dict:
+    """With ``module.grad_cache.chunk_size`` the module steps its own optimizer (Lightning's manual optimization),
+    so it also clips, at ``trainer.gradient_clip_val``; the Trainer must not. One process only, for now."""
+    if not model.grad_cache_chunk:
+        return {}
+    devices, strategy = cfg.trainer.get("devices", 1), cfg.trainer.get("strategy")
+    if devices not in (1, "1") or (strategy is not None and "single" not in str(strategy)):
+        raise ValueError("module.grad_cache.chunk_size runs in one process for now: not with trainer=ddp")
+    if model.encoder.multi_vector:
+        raise ValueError("module.grad_cache.chunk_size works with single-vector encoders, not model=colbert")
+    model.gradient_clip_val = cfg.trainer.get("gradient_clip_val")
+    return {"gradient_clip_val": None}
 
 
 def _primary_metric(metrics: dict, split: str, name: str) -> float | None:

@@ -103,9 +103,10 @@ def test_sentences_are_the_distinct_train_and_dev_sentences_never_test(tmp_path)
         SentenceDataModule(lambda: sts, train_splits=["train", "test"])
 
 
-def test_sgopt_experiment_end_to_end_on_tiny_sts(compose_cfg, tmp_path):
+@pytest.mark.parametrize("cache", [[], ["module.grad_cache.chunk_size=2"]])
+def test_sgopt_experiment_end_to_end_on_tiny_sts(compose_cfg, tmp_path, cache):
     root = write_sts(tmp_path / "data")
-    overrides = ["experiment=sgopt_stsb", "data=stsb", *TINY_MODEL_OVERRIDES, "objective.projection_dim=16",
+    overrides = [*cache, "experiment=sgopt_stsb", "data=stsb", *TINY_MODEL_OVERRIDES, "objective.projection_dim=16",
                  "datamodule.batch_size=4", "callbacks.dev_eval.every_n_steps=1", "logger=csv", "task.export=false",
                  "trainer.max_epochs=2", "trainer.max_steps=3", "trainer.enable_progress_bar=false"]  # fmt: skip
     metrics = train(compose_cfg(overrides, data_root=root))

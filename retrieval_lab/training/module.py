@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrieval_lab.models.base import Batch, Encoder
+from retrieval_lab.training.grad_cache import grad_cache_loss
 
 
 class NonFiniteLossError(RuntimeError):
@@ -60,11 +61,19 @@ class RetrievalModule(pl.LightningModule):
         optimizer: Callable,
         warmup_ratio: float = 0.1,
         seed: int = 0,
+        grad_cache: dict | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= warmup_ratio < 1:
             raise ValueError(f"module.warmup_ratio must be in [0, 1), got {warmup_ratio}")
-        self.save_hyperparameters(ignore=["encoder", "objective", "optimizer"])
+        chunk = (grad_cache or {}).get("chunk_size")
+        if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
+            raise ValueError(f"module.grad_cache.chunk_size must be a positive integer or null, got {chunk!r}")
+        self.save_hyperparameters(ignore=["encoder", "objective", "optimizer", "grad_cache"])
+        self.grad_cache_chunk: int | None = chunk
+        self.gradient_clip_val: float | None = None  # with gradient caching the module clips (fit() passes it)
+        if chunk is not None:
+            self.automatic_optimization = False  # the step back-propagates chunk by chunk (training/grad_cache.py)
         self.encoder, self.objective, self.optimizer_factory = encoder, objective, optimizer
         self.warmup_ratio, self.seed = warmup_ratio, seed
         if hasattr(objective, "bind"):  # objectives built around the encoder (SG-OPT's frozen copy)
@@ -88,7 +97,31 @@ class RetrievalModule(pl.LightningModule):
         torch.manual_seed(zlib.crc32(f"{self.seed}:{self.global_step}:{self.global_rank}".encode()))
 
     def training_step(self, batch: dict[str, Batch], batch_idx: int) -> torch.Tensor:
-        loss = self(batch)
+        loss = self._cached_step(batch) if self.grad_cache_chunk else self(batch)
+        self._check_finite(loss)
+        if self.grad_cache_chunk:
+            self._step_optimizer()
+        self._log_step(batch, loss)
+        return loss
+
+    def _cached_step(self, batch: dict[str, Batch]) -> torch.Tensor:
+        """The loss with its gradients already accumulated chunk by chunk (``module.grad_cache.chunk_size``)."""
+        self.optimizers().zero_grad()
+        if "queries" not in batch:  # pre-training's MLM / RetroMAE batches: a plain backward
+            loss = self(batch)
+            if torch.isfinite(loss):
+                self.manual_backward(loss)
+            return loss.detach()
+        return grad_cache_loss(self.encoder, self.objective, batch, self.grad_cache_chunk, self.manual_backward)
+
+    def _step_optimizer(self) -> None:
+        optimizer = self.optimizers()
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+        optimizer.step()
+        self.lr_schedulers().step()
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
         bad = not bool(torch.isfinite(loss))
         if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
             saved = [cb.last_model_path for cb in self.trainer.checkpoint_callbacks if cb.last_model_path]
@@ -97,11 +130,12 @@ class RetrievalModule(pl.LightningModule):
                 f"the weights. Last good checkpoint: {saved[0] if saved else 'none saved yet'}. "
                 "Try a lower optimizer lr, a larger objective.temperature or trainer.gradient_clip_val."
             )
+
+    def _log_step(self, batch: dict[str, Batch], loss: torch.Tensor) -> None:
         self.log("train/loss", loss, prog_bar=True, batch_size=self.batch_size_of(batch))
         pairs = not batch.keys() & {"mlm", "retromae"}  # pre-training's MLM and RetroMAE batches skip the objective
         if (share := getattr(self.objective, "masked_share", None)) is not None and pairs:
             self.log("train/masked_share", share, batch_size=self.batch_size_of(batch))  # false negatives masked
-        return loss
 
     def batch_size_of(self, batch: dict[str, Batch]) -> int:
         """Examples in ``batch``, for logging; subclasses with other batch kinds (MLM) override it."""
