@@ -6,13 +6,17 @@ import logging
 import random
 from collections.abc import Callable
 
+import numpy as np
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from retrieval_lab.data.beir import RetrievalDataset
+from retrieval_lab.index.encode import encode_texts
 from retrieval_lab.models.base import Encoder
+from retrieval_lab.models.biencoder import BiEncoder
 from retrieval_lab.negatives.base import NegativeSampler
 from retrieval_lab.retrievers.bm25 import BM25Retriever
+from retrieval_lab.training.clusters import ORDERS, ClusterBatchSampler, ClusterOrders
 from retrieval_lab.training.data import EpochShuffleSampler, TrainingCollator, TrainingExample, TrainingExamples
 
 log = logging.getLogger(__name__)
@@ -63,8 +67,20 @@ class RetrievalDataModule(pl.LightningDataModule):
         train_query_max_length: int | None = None,
         train_doc_max_length: int | None = None,
         ignore_identical_ids: bool = True,
+        batching: str = "random",
+        cluster: dict | None = None,
     ) -> None:
         super().__init__()
+        if batching not in ("random", "cluster"):
+            raise ValueError(f"datamodule.batching must be random or cluster, got {batching!r}")
+        self.batching, self.cluster = batching, dict(cluster or {})
+        unknown = set(self.cluster) - {"embedder", "order", "recluster", "niter"}
+        if unknown:
+            raise ValueError(f"datamodule.cluster has unknown keys {sorted(unknown)}")
+        if self.cluster.get("order", "random") not in ORDERS:
+            raise ValueError(f"datamodule.cluster.order must be one of {ORDERS}, got {self.cluster['order']!r}")
+        self.encoder: Encoder | None = None
+        self.cluster_orders: ClusterOrders | None = None
         for key, value in (("train_query_max_length", train_query_max_length),
                            ("train_doc_max_length", train_doc_max_length)):  # fmt: skip
             if value is not None and value < 2:
@@ -86,6 +102,35 @@ class RetrievalDataModule(pl.LightningDataModule):
     def bind_encoder(self, encoder: Encoder) -> None:
         """Batches are tokenized with the encoder's contract (prefixes; max lengths unless train_* set them)."""
         self.collator = TrainingCollator(encoder, **self.train_lengths)
+        self.encoder = encoder  # cluster batching embeds the training pairs with it (embedder: encoder)
+
+    def _pair_vectors(self) -> np.ndarray:
+        """One vector per training example: its query and first positive as one text, by the cluster embedder."""
+        name = self.cluster.get("embedder", "encoder")
+        encoder = self.encoder if name == "encoder" else BiEncoder(name)
+        if encoder is None:
+            raise RuntimeError("RetrievalDataModule.bind_encoder(encoder) must be called before cluster batching")
+        data = self.train_data
+        texts = [f"{data.queries[e.qid]} {data.corpus[e.positives[0]].full_text()}" for e in data.examples]
+        return encode_texts(encoder, texts, "docs", show_progress=self.show_progress,
+                            max_length=self.train_lengths["doc_max_length"])  # fmt: skip
+
+    def _sampler(self, rank: int, world: int) -> Sampler:
+        if self.batching == "random":
+            return EpochShuffleSampler(len(self.train_data), self.batch_size, self.seed, rank, world)
+        if self.cluster_orders is None:
+            self.cluster_orders = ClusterOrders(
+                self._pair_vectors, self.batch_size * world, self.seed, self.cluster.get("order", "random"),
+                bool(self.cluster.get("recluster", False)), int(self.cluster.get("niter", 20)),
+            )  # fmt: skip
+        return ClusterBatchSampler(self.cluster_orders, len(self.train_data), self.batch_size, rank, world)
+
+    def state_dict(self) -> dict:
+        return {"cluster_orders": self.cluster_orders.state_dict()} if self.cluster_orders is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A resumed run's cluster orders: applied when the loader is built (``train_dataloader``)."""
+        self._pending_orders = state_dict.get("cluster_orders")
 
     def _split_dev(self, train_qrels: dict, dataset: RetrievalDataset) -> tuple[dict, dict]:
         if self.dev_split in dataset.qrels:
@@ -128,7 +173,10 @@ class RetrievalDataModule(pl.LightningDataModule):
             raise RuntimeError("RetrievalDataModule.bind_encoder(encoder) must be called before training")
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        sampler = EpochShuffleSampler(len(self.train_data), self.batch_size, self.seed, rank, world)
+        sampler = self._sampler(rank, world)
+        if (pending := getattr(self, "_pending_orders", None)) and self.cluster_orders is not None:
+            self.cluster_orders.load_state_dict(pending)  # a resumed run: the orders (and clusters) it trained on
+            self._pending_orders = None
         if trainer is not None:
             # A resumed run restores global_step before asking for the loader: skip what it already trained on.
             sampler.skip_batches(trainer.global_step * trainer.accumulate_grad_batches)

@@ -1,0 +1,73 @@
+"""Cluster batches: k-means packing keeps clusters together in whole, shuffled batches; a training run batches by
+cluster, keeps each epoch's order in its checkpoint and replays it after a resume; bad settings are refused."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval_lab.train import train
+from retrieval_lab.training.clusters import ClusterBatchSampler, ClusterOrders, pack, spherical_kmeans
+from tests.conftest import FAST_TRAIN_OVERRIDES
+
+
+def _blobs(per: int = 8, dims: int = 16, groups: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = np.eye(dims)[:groups] * 5
+    labels = np.repeat(np.arange(groups), per)
+    return centres[labels] + rng.normal(0, 0.3, (groups * per, dims)), labels
+
+
+@pytest.mark.parametrize("order", ["random", "tour"])
+def test_packed_batches_come_whole_from_one_cluster_each(order):
+    vectors, truth = _blobs()
+    assignment, centroids = spherical_kmeans(vectors, 4, seed=0)
+    sequence = pack(assignment, centroids, 8, order, random.Random(0))
+    assert sorted(sequence) == list(range(32))  # every pair once
+    batches = [sequence[i : i + 8] for i in range(0, 32, 8)]
+    assert all(len(set(truth[b])) == 1 for b in batches)  # one true group per batch
+    again = pack(assignment, centroids, 8, order, random.Random(1))
+    assert again != sequence  # another epoch, another order
+
+
+def test_sampler_serves_each_rank_its_share_of_every_global_batch():
+    vectors, _ = _blobs()
+    orders = ClusterOrders(lambda: vectors, global_batch=8, seed=0)
+    ranks = [list(ClusterBatchSampler(orders, 32, 4, rank, 2)) for rank in (0, 1)]
+    order = orders(0)
+    assert [i for _, i in ranks[0][:4]] + [i for _, i in ranks[1][:4]] == order[:8]
+    assert orders.state_dict()["orders"]["0"] == order
+
+
+def test_a_cluster_batched_run_replays_its_orders_after_a_resume(compose_cfg, train_data, tmp_path):
+    base = [*FAST_TRAIN_OVERRIDES, "datamodule.batching=cluster", "datamodule.cluster.recluster=true",
+            "task.export=false"]  # fmt: skip
+    train(compose_cfg(base, data_root=train_data))  # 2 epochs of 4 batches
+    straight = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=False)
+    (tmp_path / "out").rename(tmp_path / "straight")
+    with pytest.raises(RuntimeError, match="interrupted"):  # last.ckpt at step 2, stopped at step 3
+        train(compose_cfg([*base, "+callbacks.stop._target_=tests.test_contriever.RaiseAtStep",
+                           "+callbacks.stop.step=3"], data_root=train_data))  # fmt: skip
+    last = tmp_path / "out" / "checkpoints" / "last.ckpt"
+    train(compose_cfg([*base, f"ckpt_path={last}"], data_root=train_data))
+    resumed = torch.load(last, weights_only=False)
+    key = "RetrievalDataModule"  # Lightning keeps a data module's state under its class name
+    orders = straight[key]["cluster_orders"]["orders"]
+    assert set(orders) == {"0", "1"} and orders == resumed[key]["cluster_orders"]["orders"]
+    assert all(sorted(o) == sorted(set(o)) for o in orders.values())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["datamodule.batching=clusters"], "datamodule.batching must be random or cluster"),
+        (["datamodule.batching=cluster", "datamodule.cluster.order=nearest"], "datamodule.cluster.order"),
+        (["datamodule.batching=cluster", "+datamodule.cluster.size=8"], "unknown keys"),
+    ],
+)
+def test_bad_cluster_settings_are_refused(compose_cfg, train_data, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train(compose_cfg([*FAST_TRAIN_OVERRIDES, *overrides], data_root=train_data))
