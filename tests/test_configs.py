@@ -91,7 +91,7 @@ def test_objective_options_instantiate(compose_cfg, option):
     objective = instantiate(cfg.objective)
     q, d = torch.randn(2, 8), torch.randn(6, 8)
     extra = {}
-    if hasattr(objective, "bind"):  # built around the encoder being trained (SG-OPT): a tiny raw-[CLS] one
+    if not getattr(objective, "uses_docs", True):  # built around the encoder (SG-OPT, MoCo): a tiny raw-[CLS] one
         from retrieval_lab.models.biencoder import BiEncoder
         from tests.conftest import TINY_BERT
 

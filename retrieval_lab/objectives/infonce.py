@@ -9,6 +9,7 @@ from torch import nn
 from torch.distributed.nn.functional import all_gather
 
 from retrieval_lab.objectives.masking import MaskedShare, gather_keys
+from retrieval_lab.objectives.surrogate import SurrogateFilter
 
 
 def infonce_loss(scores: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -43,15 +44,26 @@ class InfoNCE(MaskedShare, nn.Module):
     """
 
     def __init__(
-        self, temperature: float = 0.05, gather_across_ranks: bool = True, mask_false_negatives: bool = True
+        self,
+        temperature: float = 0.05,
+        gather_across_ranks: bool = True,
+        mask_false_negatives: bool = True,
+        surrogate: SurrogateFilter | None = None,
     ) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"objective.temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
         self.gather_across_ranks, self.mask_false_negatives = gather_across_ranks, mask_false_negatives
+        self.surrogate = surrogate
+        self.needs_batch = surrogate is not None  # the surrogate re-reads the batch's texts
+        self._tokenizer = None
 
-    def forward(self, q: torch.Tensor, d: torch.Tensor, score_fn, labels: dict | None = None) -> torch.Tensor:
+    def bind(self, encoder) -> None:
+        self._tokenizer = getattr(encoder, "tokenizer", None)  # to decode the batch for the surrogate
+
+    def forward(self, q: torch.Tensor, d: torch.Tensor, score_fn, labels: dict | None = None,
+                batch: dict | None = None) -> torch.Tensor:  # fmt: skip
         if d.shape[0] < q.shape[0] or d.shape[0] % q.shape[0]:
             raise ValueError(f"expected B * (1 + n) documents for {q.shape[0]} queries, got {d.shape[0]}")
         offset = 0
@@ -59,8 +71,18 @@ class InfoNCE(MaskedShare, nn.Module):
             d, offset = gather_with_grad(d)  # (world * B * (1 + n), dim)
         scores = score_fn(q, d)  # (B, world * B * (1 + n))
         targets = torch.arange(q.shape[0], device=q.device) + offset  # (B,)
+        mask = None
         if self.mask_false_negatives:
             columns = gather_keys if self.gather_across_ranks else None
             mask = self.false_negatives(labels, targets, "infonce", columns)  # (B, world * B * (1 + n))
+        if self.surrogate is not None:
+            if batch is None or self._tokenizer is None:
+                raise RuntimeError("objective.surrogate needs the batch and the bound encoder's tokenizer")
+            if not self.gather_across_ranks and dist.is_available() and dist.is_initialized():
+                raise ValueError("objective.surrogate scores every rank's documents: keep gather_across_ranks=true")
+            filtered = self.surrogate.mask(batch, targets, self._tokenizer).to(scores.device)  # (B, world * N)
+            mask = filtered if mask is None else mask | filtered
+            self.masked_share = mask.float().mean().detach()
+        if mask is not None:
             scores = scores.masked_fill(mask, float("-inf"))
         return infonce_loss(scores, targets, self.temperature)

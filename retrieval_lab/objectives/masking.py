@@ -65,13 +65,17 @@ def false_negative_mask(doc_keys: torch.Tensor, positive_keys: torch.Tensor, tar
     return mask
 
 
-def gather_keys(keys: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``keys`` ``(N,)`` from every rank in rank order (no gradient); a no-op outside DDP."""
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (keys ``(N,)``, or vectors) from every rank in rank order, without gradient; a no-op
+    outside DDP."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return keys
-    parts = [torch.empty_like(keys) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, keys.contiguous())
-    return torch.cat(parts)  # (world * N,)
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)  # (world * N, ...)
+
+
+gather_keys = gather_no_grad  # the batch's document keys, gathered as the objectives gather the documents
 
 
 def require_labels(labels: dict | None, objective: str) -> dict:

@@ -19,11 +19,10 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from retrieval_lab.objectives.masking import MaskedShare, gather_keys, require_labels
+from retrieval_lab.objectives.masking import MaskedShare, gather_keys, gather_no_grad, require_labels
 
 EMPTY = -2  # the document key of a queue slot no batch has filled yet (doc keys are >= 0, padding is -1)
 
@@ -36,15 +35,6 @@ def moco_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> torch.
     """
     positive = (q * k).sum(-1, keepdim=True)  # (B, 1)
     return torch.cat([positive, q @ queue.T], dim=1)  # (B, 1 + Q)
-
-
-def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every rank in rank order, without gradient; a no-op outside DDP."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
 
 
 class MoCo(MaskedShare, nn.Module):
