@@ -61,6 +61,13 @@ def retrieval_costs(retriever: Retriever) -> dict[str, float]:
     return costs
 
 
+def check_splits(splits: Sequence[str], available, name: str) -> None:
+    """Every asked split is in the dataset (``available``: its qrels or splits by name), or one clear error."""
+    missing = [s for s in splits if s not in available]
+    if missing:
+        raise ValueError(f"task.splits {missing} not in dataset {name!r} (has {sorted(available)})")
+
+
 def check_eval_args(splits: Sequence[str], metrics: Sequence[str], top_k: int, dev_only: bool = False) -> None:
     """Refuse bad ``task.*`` values before any data is read; ``dev_only``: an empty ``splits`` is allowed (a
     training run that ranks only its dev pool)."""
@@ -84,9 +91,7 @@ def run(
     if not isinstance(dataset, RetrievalDataset):
         raise ValueError(f"task=evaluate ranks a corpus; data.name={cfg.data.get('name')} is a "
                          f"{type(dataset).__name__}: use task=evaluate_sts for sentence similarity")  # fmt: skip
-    missing = [s for s in splits if s not in dataset.qrels]
-    if missing:
-        raise ValueError(f"task.splits {missing} not in dataset {dataset.name!r} (has {sorted(dataset.qrels)})")
+    check_splits(splits, dataset.qrels, dataset.name)
     retriever: Retriever = instantiate(cfg.retriever)
     start = time.perf_counter()
     results: dict = evaluate_retriever(

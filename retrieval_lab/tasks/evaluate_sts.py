@@ -24,6 +24,7 @@ from retrieval_lab.eval.sts import correlations, cosine_rows
 from retrieval_lab.index.encode import encode_texts
 from retrieval_lab.models.base import Encoder
 from retrieval_lab.pretrain.stage import init_encoder
+from retrieval_lab.tasks.evaluate import check_splits
 from retrieval_lab.utils.io import atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,7 @@ def run(cfg: DictConfig, splits: Sequence[str], batch_size: int = 64, precision:
     if not isinstance(dataset, StsDataset):
         raise ValueError(f"task=evaluate_sts needs a sentence-similarity dataset (data=stsb|sickr), not "
                          f"{type(dataset).__name__} (data.name={cfg.data.get('name')})")  # fmt: skip
-    missing = [s for s in splits if s not in dataset.splits]
-    if missing:
-        raise ValueError(f"task.splits {missing} not in dataset {dataset.name!r} (has {sorted(dataset.splits)})")
+    check_splits(splits, dataset.splits, dataset.name)
     encoder = make(cfg.model)
     init_encoder(cfg, encoder)  # init_from or a pre-training stage, where set
     start = time.perf_counter()

@@ -18,7 +18,7 @@ from retrieval_lab.models.export import export_encoder
 from retrieval_lab.retrievers.base import Retriever
 from retrieval_lab.retrievers.colbert import ColbertRetriever
 from retrieval_lab.retrievers.dense import DenseRetriever
-from retrieval_lab.tasks.evaluate import check_eval_args, evaluate_retriever, retrieval_costs
+from retrieval_lab.tasks.evaluate import check_eval_args, check_splits, evaluate_retriever, retrieval_costs
 from retrieval_lab.train import FitResult, fit
 from retrieval_lab.utils.io import write_json
 
@@ -48,6 +48,16 @@ def load_weights(result: FitResult, path: str) -> None:
     result.model.load_state_dict(state)
 
 
+def load_chosen_weights(result: FitResult) -> str | None:
+    """Load the weights dev chose (``best_checkpoint``) into the trained module; returns their path."""
+    best = best_checkpoint(result)
+    if best:
+        load_weights(result, best)
+    else:
+        log.warning("no best checkpoint (no dev evaluation ran): evaluating the final weights")
+    return best
+
+
 def training_summary(result: FitResult, best: str | None, seconds: float) -> dict:
     dev = dev_evaluation(result)
     summary = {"steps": result.trainer.global_step, "fit_seconds": round(seconds, 1), "best_checkpoint": best}
@@ -67,16 +77,10 @@ def evaluate_best(cfg: DictConfig, result: FitResult, splits, metrics, top_k: in
     if not result.trainer.is_global_zero:
         return {}
     seconds = time.perf_counter() - start
-    best = best_checkpoint(result)
-    if best:
-        load_weights(result, best)
-    else:
-        log.warning("no best checkpoint (no dev evaluation ran): evaluating the final weights")
+    best = load_chosen_weights(result)
     output_dir = Path(cfg.paths.output_dir)
     dataset = result.datamodule.dataset
-    missing = [s for s in splits if s not in dataset.qrels]
-    if missing:
-        raise ValueError(f"task.splits {missing} not in dataset {dataset.name!r} (has {sorted(dataset.qrels)})")
+    check_splits(splits, dataset.qrels, dataset.name)
     retriever: Retriever = instantiate(cfg.retriever, encoder=result.model.encoder)
     args = {"output_dir": output_dir, "ignore_identical_ids": ignore_identical_ids}
     # The chosen weights on the dev pool first (what chose them; per_query.dev.json for paired tests), then test.

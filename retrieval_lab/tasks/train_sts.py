@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from retrieval_lab.models.export import export_encoder
 from retrieval_lab.tasks.evaluate_sts import check_sts_args, evaluate_sts
-from retrieval_lab.tasks.train import best_checkpoint, load_weights, training_summary
+from retrieval_lab.tasks.train import load_chosen_weights, training_summary
 from retrieval_lab.utils.io import write_json
 
 
@@ -28,9 +28,7 @@ def _evaluate(cfg: DictConfig, result, splits, also: Mapping, encode: dict, expo
     if not result.trainer.is_global_zero:
         return {}
     seconds = time.perf_counter() - start
-    best = best_checkpoint(result)
-    if best:
-        load_weights(result, best)
+    best = load_chosen_weights(result)
     output_dir = Path(cfg.paths.output_dir)
     encoder = result.model.encoder
     sts = result.datamodule.sts

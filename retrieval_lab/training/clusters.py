@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 import faiss
 import numpy as np
-from torch.utils.data import Sampler
+
+from retrieval_lab.training.data import EpochShuffleSampler
 
 log = logging.getLogger(__name__)
 ORDERS = ("random", "tour")
@@ -71,24 +72,14 @@ def pack(assignment: np.ndarray, centroids: np.ndarray, global_batch: int, order
     return [i for b in batches for i in b]
 
 
-class ClusterBatchSampler(Sampler):
+class ClusterBatchSampler(EpochShuffleSampler):
     """Yields ``(epoch, index)`` keys of this rank's share of each global batch, in the order ``order_of(epoch)``
-    gives (one list of example indices per epoch, whole global batches); ``skip_batches`` as EpochShuffleSampler."""
+    gives (one list of example indices per epoch, whole global batches); resume as ``EpochShuffleSampler``."""
 
     def __init__(self, order_of: Callable[[int], list[int]], num_examples: int, batch_size: int, rank: int = 0,
                  world_size: int = 1) -> None:  # fmt: skip
-        self.num_batches = num_examples // (batch_size * world_size)
-        if self.num_batches < 1:
-            raise ValueError(f"{num_examples} training examples do not fill one global batch of {batch_size} x "
-                             f"{world_size} ranks: lower datamodule.batch_size")  # fmt: skip
-        self.order_of, self.batch_size, self.rank, self.world_size = order_of, batch_size, rank, world_size
-        self.epoch, self._skip = 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def skip_batches(self, n: int) -> None:
-        self._skip = n % self.num_batches
+        super().__init__(num_examples, batch_size, seed=0, rank=rank, world_size=world_size)
+        self.order_of = order_of
 
     def __iter__(self):
         order = self.order_of(self.epoch)
@@ -96,9 +87,6 @@ class ClusterBatchSampler(Sampler):
         for b in range(skip, len(order) // (self.batch_size * self.world_size)):
             start = (b * self.world_size + self.rank) * self.batch_size
             yield from ((self.epoch, i) for i in order[start : start + self.batch_size])
-
-    def __len__(self) -> int:
-        return self.num_batches * self.batch_size
 
 
 class ClusterOrders:
