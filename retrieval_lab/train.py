@@ -97,12 +97,11 @@ def fit(
 
 def _grad_cache_trainer_args(cfg: DictConfig, model: RetrievalModule) -> dict:
     """With ``module.grad_cache.chunk_size`` the module steps its own optimizer (Lightning's manual optimization),
-    so it also clips, at ``trainer.gradient_clip_val``; the Trainer must not. One process only, for now."""
+    so it also clips, at ``trainer.gradient_clip_val``; the Trainer must not. Under DDP every backward of the step
+    (the loss's, then each chunk's) is synchronised by Lightning's ``manual_backward``: the accumulated gradients
+    are equal on every rank after the first, so averaging again after each keeps them the global mean."""
     if not model.grad_cache_chunk:
         return {}
-    devices, strategy = cfg.trainer.get("devices", 1), cfg.trainer.get("strategy")
-    if devices not in (1, "1") or (strategy is not None and "single" not in str(strategy)):
-        raise ValueError("module.grad_cache.chunk_size runs in one process for now: not with trainer=ddp")
     if model.encoder.multi_vector:
         raise ValueError("module.grad_cache.chunk_size works with single-vector encoders, not model=colbert")
     model.gradient_clip_val = cfg.trainer.get("gradient_clip_val")

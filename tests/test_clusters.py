@@ -71,3 +71,20 @@ def test_a_cluster_batched_run_replays_its_orders_after_a_resume(compose_cfg, tr
 def test_bad_cluster_settings_are_refused(compose_cfg, train_data, overrides, message):
     with pytest.raises(ValueError, match=message):
         train(compose_cfg([*FAST_TRAIN_OVERRIDES, *overrides], data_root=train_data))
+
+
+def test_cluster_batches_cover_the_pairs_once_and_are_more_alike_than_random_ones():
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(0, 1, (203, 24)) + np.repeat(rng.normal(0, 2, (7, 24)), 29, axis=0)  # 7 loose groups
+    assignment, centroids = spherical_kmeans(vectors, 203 // 16, seed=0)
+    sequence = pack(assignment, centroids, 16, "random", random.Random(0))
+    assert len(sequence) == len(set(sequence)) == 203 - 203 % 16  # each pair at most once; only a remainder left
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def mean_inside(order: list[int]) -> float:
+        batches = [unit[order[i : i + 16]] for i in range(0, len(order), 16)]
+        return float(np.mean([(b @ b.T)[~np.eye(16, dtype=bool)].mean() for b in batches]))
+
+    shuffled = list(range(203))
+    random.Random(0).shuffle(shuffled)
+    assert mean_inside(sequence) > mean_inside(shuffled[: len(sequence)]) + 0.2

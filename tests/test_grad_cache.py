@@ -14,16 +14,18 @@ from retrieval_lab.training.grad_cache import grad_cache_loss, split_batch
 from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_BERT
 
 QUERIES = ["aspirin heart", "vitamin c colds", "smoking cancer", "sleep obesity", "coffee liver", "exercise blood"]
-DOCS = [f"document about {q}" for q in QUERIES] + ["an unrelated negative", "another negative"] * 3
 
 
-def _setup(dropout: bool):
+def _setup(dropout: bool, rows: int = 6):
+    """``rows`` queries, their positives, then one negative each; query 0 is judged relevant to document 1 too."""
     torch.manual_seed(0)
     overrides = dict(TINY_BERT) | ({} if dropout else {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
     encoder = BiEncoder(config_overrides=overrides).train()
-    batch = {"queries": dict(encoder.tokenize_queries(QUERIES)), "docs": dict(encoder.tokenize_docs(DOCS)),
-             "labels": batch_labels([f"d{i}" for i in range(12)], [["d0", "d1"], ["d1"], ["d2"], ["d3"], ["d4"],
-                                                                     ["d5"]])}  # fmt: skip
+    queries = [f"{QUERIES[i % 6]} study {i}" for i in range(rows)]
+    docs = [f"document about {q}" for q in queries] + [f"unrelated negative {i}" for i in range(rows)]
+    relevant = [["d0", "d1"]] + [[f"d{i}"] for i in range(1, rows)]
+    batch = {"queries": dict(encoder.tokenize_queries(queries)), "docs": dict(encoder.tokenize_docs(docs)),
+             "labels": batch_labels([f"d{i}" for i in range(2 * rows)], relevant)}  # fmt: skip
     return encoder, InfoNCE(temperature=0.05), batch
 
 
@@ -46,18 +48,19 @@ def test_same_loss_and_gradients_as_the_full_batch_without_dropout(chunk):
 
 
 def test_dropout_draws_are_replayed_chunk_by_chunk():
-    encoder, objective, batch = _setup(dropout=True)
+    """The issue's check: fp32, dropout on, a batch of 32 in chunks of 8, every gradient within 1e-5."""
+    encoder, objective, batch = _setup(dropout=True, rows=32)
     torch.manual_seed(7)  # the plain step that encodes chunk by chunk with the same random draws
-    q = torch.cat([encoder.encode_queries(c) for c in split_batch(batch["queries"], 4)])
-    d = torch.cat([encoder.encode_docs(c) for c in split_batch(batch["docs"], 4)])
+    q = torch.cat([encoder.encode_queries(c) for c in split_batch(batch["queries"], 8)])
+    d = torch.cat([encoder.encode_docs(c) for c in split_batch(batch["docs"], 8)])
     plain = objective(q, d, encoder.score, labels=batch["labels"])
     plain.backward()
     expected = _grads(encoder)
     encoder.zero_grad()
     torch.manual_seed(7)
-    cached = grad_cache_loss(encoder, objective, batch, 4)
+    cached = grad_cache_loss(encoder, objective, batch, 8)
     assert float(cached) == pytest.approx(float(plain), abs=1e-6)
-    assert all(torch.allclose(_grads(encoder)[n], g, atol=1e-6) for n, g in expected.items())
+    assert max(float((_grads(encoder)[n] - g).abs().max()) for n, g in expected.items()) < 1e-5
 
 
 NO_DROPOUT = ["+model.config_overrides.hidden_dropout_prob=0.0", "module.optimizer.lr=1e-3", "task.export=false",
@@ -80,7 +83,6 @@ def test_a_training_run_with_gradient_caching_matches_the_plain_run(compose_cfg,
     ("overrides", "message"),
     [
         (["module.grad_cache.chunk_size=0"], "module.grad_cache.chunk_size must be a positive integer"),
-        (["module.grad_cache.chunk_size=2", "trainer=ddp"], "not with trainer=ddp"),
         (
             ["module.grad_cache.chunk_size=2", "model=colbert", "retriever=colbert", "objective=pairwise"],
             "not model=colbert",
@@ -96,3 +98,19 @@ def test_moco_trains_with_gradient_caching(compose_cfg, train_data):
     overrides = ["objective=moco", "objective.queue_size=8", "module.grad_cache.chunk_size=2", "task.export=false"]
     metrics = train(compose_cfg([*FAST_TRAIN_OVERRIDES, *overrides], data_root=train_data))
     assert metrics["train"]["steps"] == 8
+
+
+def test_ddp_with_gradient_caching_ends_with_the_plain_ddp_weights(train_data, tmp_path):
+    from tests.test_train import _cli, _cli_overrides
+
+    weights = {}
+    for name, extra in (("plain", []), ("cached", ["module.grad_cache.chunk_size=2"])):
+        run_dir = tmp_path / name
+        done = _cli([*_cli_overrides(train_data, run_dir), "trainer=ddp", "trainer.max_epochs=1", *NO_DROPOUT, *extra],
+                    capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        weights[name] = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        if name == "plain":
+            start = torch.load(run_dir / "checkpoints" / "start.ckpt", weights_only=True)["state_dict"]
+            assert any(not torch.allclose(start[k], v) for k, v in weights[name].items())  # it did train
+    assert all(torch.allclose(weights["cached"][k], v, atol=1e-5) for k, v in weights["plain"].items())
