@@ -88,3 +88,19 @@ def test_cluster_batches_cover_the_pairs_once_and_are_more_alike_than_random_one
     shuffled = list(range(203))
     random.Random(0).shuffle(shuffled)
     assert mean_inside(sequence) > mean_inside(shuffled[: len(sequence)]) + 0.2
+
+
+def test_bm25_svd_vectors_put_texts_on_one_topic_together():
+    from retrieval_lab.training.clusters import bm25_svd_vectors
+
+    topics = ["aspirin heart attack risk", "vitamin colds immune winter", "smoking lung cancer tobacco"]
+    texts = [f"{topics[i % 3]} study number {i} shows" for i in range(30)]
+    vectors = bm25_svd_vectors(texts, dims=4)
+    assignment, _ = spherical_kmeans(vectors, 3, seed=0)
+    assert vectors.shape == (30, 4)
+    assert all(len({assignment[j] for j in range(i, 30, 3)}) == 1 for i in range(3))  # one cluster per topic
+
+
+def test_a_run_clusters_with_bm25_vectors(compose_cfg, train_data):
+    overrides = ["datamodule.batching=cluster", "datamodule.cluster.embedder=bm25", "datamodule.cluster.svd_dims=4"]
+    assert train(compose_cfg([*FAST_TRAIN_OVERRIDES, *overrides, "task.export=false"], data_root=train_data))

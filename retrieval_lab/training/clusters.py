@@ -2,9 +2,10 @@
 pairs, so in-batch negatives are hard ones.
 
 ``datamodule.batching=cluster``: each training pair is embedded as the text "query document" (its first positive)
-by an embedder (the encoder being trained, or a named model), FAISS spherical k-means cuts the pairs into about
-``len / batch_size`` clusters, clusters are laid end to end (in a random order, or by a greedy nearest-centroid
-tour), their members shuffled within, the sequence cut into whole global batches, and the batches shuffled. With
+by an embedder (the encoder being trained, a named model, or BM25 weights reduced by a truncated SVD), FAISS
+spherical k-means cuts the pairs into about ``len / batch_size`` clusters, clusters are laid end to end (in a
+random order, or by a greedy nearest-centroid tour), their members shuffled within, the sequence cut into whole
+global batches, and the batches shuffled. With
 ``recluster: true`` every epoch embeds and clusters again with the weights it starts with. The order of each
 epoch is kept in the data module's state (checkpoints hold it), so a resumed run replays the same batches.
 """
@@ -37,6 +38,24 @@ def spherical_kmeans(
     kmeans.train(x)
     _, assignment = kmeans.index.search(x, 1)
     return assignment[:, 0], kmeans.centroids
+
+
+def bm25_svd_vectors(texts: list[str], dims: int = 128, seed: int = 0) -> np.ndarray:
+    """Each text's BM25 term weights (bm25s, Lucene scoring, English stopwords) reduced to ``dims`` by a truncated
+    SVD: dense vectors for clustering without a neural model."""
+    import bm25s
+    from scipy.sparse import csc_matrix
+    from scipy.sparse.linalg import svds
+
+    tokens = bm25s.tokenize(texts, stopwords="en", show_progress=False)
+    bm25 = bm25s.BM25()
+    bm25.index(tokens, show_progress=False)
+    scores = bm25.scores  # (texts x terms) in CSC, as bm25s stores its index
+    matrix = csc_matrix((scores["data"], scores["indices"], scores["indptr"]),
+                        shape=(scores["num_docs"], len(scores["indptr"]) - 1))  # fmt: skip
+    k = max(1, min(dims, min(matrix.shape) - 1))
+    u, s, _ = svds(matrix.astype(np.float64), k=k, random_state=seed)
+    return (u * s).astype(np.float32)  # (N, k)
 
 
 def tour(centroids: np.ndarray, start: int) -> list[int]:

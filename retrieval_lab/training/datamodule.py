@@ -16,7 +16,7 @@ from retrieval_lab.models.base import Encoder
 from retrieval_lab.models.biencoder import BiEncoder
 from retrieval_lab.negatives.base import NegativeSampler
 from retrieval_lab.retrievers.bm25 import BM25Retriever
-from retrieval_lab.training.clusters import ORDERS, ClusterBatchSampler, ClusterOrders
+from retrieval_lab.training.clusters import ORDERS, ClusterBatchSampler, ClusterOrders, bm25_svd_vectors
 from retrieval_lab.training.data import EpochShuffleSampler, TrainingCollator, TrainingExample, TrainingExamples
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         if batching not in ("random", "cluster"):
             raise ValueError(f"datamodule.batching must be random or cluster, got {batching!r}")
         self.batching, self.cluster = batching, dict(cluster or {})
-        unknown = set(self.cluster) - {"embedder", "order", "recluster", "niter"}
+        unknown = set(self.cluster) - {"embedder", "order", "recluster", "niter", "svd_dims"}
         if unknown:
             raise ValueError(f"datamodule.cluster has unknown keys {sorted(unknown)}")
         if self.cluster.get("order", "random") not in ORDERS:
@@ -107,11 +107,13 @@ class RetrievalDataModule(pl.LightningDataModule):
     def _pair_vectors(self) -> np.ndarray:
         """One vector per training example: its query and first positive as one text, by the cluster embedder."""
         name = self.cluster.get("embedder", "encoder")
+        data = self.train_data
+        texts = [f"{data.queries[e.qid]} {data.corpus[e.positives[0]].full_text()}" for e in data.examples]
+        if name == "bm25":
+            return bm25_svd_vectors(texts, int(self.cluster.get("svd_dims", 128)), self.seed)
         encoder = self.encoder if name == "encoder" else BiEncoder(name)
         if encoder is None:
             raise RuntimeError("RetrievalDataModule.bind_encoder(encoder) must be called before cluster batching")
-        data = self.train_data
-        texts = [f"{data.queries[e.qid]} {data.corpus[e.positives[0]].full_text()}" for e in data.examples]
         return encode_texts(encoder, texts, "docs", show_progress=self.show_progress,
                             max_length=self.train_lengths["doc_max_length"])  # fmt: skip
 
