@@ -104,6 +104,10 @@ def export_encoder(encoder: BiEncoder | ColBERT, folder: str | Path) -> dict[str
     Each folder is filled under a temporary name and renamed into place, so no export is ever half-written.
     """
     folder = Path(folder)
+    if not isinstance(encoder, BiEncoder | ColBERT):  # e.g. model=cde: its weights are in the run's checkpoints
+        log.warning("no export format for %s: use the run's checkpoints (init_from=<run folder>)",
+                    type(encoder).__name__)  # fmt: skip
+        return {}
     if isinstance(encoder, ColBERT):
         with atomic_dir(folder / "colbert") as tmp:
             save_colbert(encoder, tmp)

@@ -47,6 +47,8 @@ class DenseRetriever(Retriever):
     def index(self, corpus: dict[str, Document]) -> None:
         start = time.perf_counter()
         texts = [doc.full_text() for doc in corpus.values()]
+        if hasattr(self.encoder, "use_corpus"):  # CDE: a seeded sample of this corpus is the context
+            self.encoder.use_corpus(texts, self.batch_size)
         vectors = encode_texts(self.encoder, texts, "docs", self.batch_size, **self.encode_args)
         self.timings["encode_corpus_s"] = time.perf_counter() - start
         self.faiss = FaissIndex(vectors.shape[1], self.index_factory)

@@ -84,6 +84,8 @@ class RetrievalModule(pl.LightningModule):
         """Objectives get vectors, the encoder's score function and the batch's labels (document keys, for
         false-negative masking); those with ``needs_batch`` (distillation from a teacher that tokenizes for
         itself) also get the tokenized batch."""
+        if hasattr(self.encoder, "use_batch_context"):  # CDE: the batch's documents are the context
+            self.encoder.use_batch_context(batch["docs"])
         q = self.encoder.encode_queries(batch["queries"])  # (B, d) or token vectors (B, Lq, d)
         if not getattr(self.objective, "uses_docs", True):  # one text per row (SG-OPT's sentences)
             return self.objective(q, None, self.encoder.score, labels=batch.get("labels"), batch=batch)

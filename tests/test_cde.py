@@ -1,0 +1,85 @@
+"""model=cde: the context enters without positions (permuting it changes nothing), matters, trains stage 1 through
+stage 2, is a seeded corpus sample at evaluation; no context is the plain bi-encoder over stage 2; a training run
+with cluster batches completes."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from retrieval_lab.models.biencoder import BiEncoder
+from retrieval_lab.models.cde import ContextualEncoder
+from retrieval_lab.objectives.infonce import InfoNCE
+from retrieval_lab.train import train
+from retrieval_lab.training.module import RetrievalModule
+from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_BERT
+
+TEXTS = ["aspirin lowers heart attack risk", "vitamin c does not prevent colds", "smoking causes lung cancer",
+         "short sleep and obesity", "coffee and liver disease"]  # fmt: skip
+
+
+def _cde(**kwargs) -> ContextualEncoder:
+    torch.manual_seed(0)
+    return ContextualEncoder(config_overrides=TINY_BERT, context_size=3, **kwargs).eval()
+
+
+def test_no_context_is_the_plain_bi_encoder_over_stage_2():
+    cde = _cde()
+    plain = BiEncoder(config_overrides=TINY_BERT).eval()
+    plain.query_tower.load_state_dict(cde.backbone.state_dict())
+    batch = cde.tokenize_docs(TEXTS)
+    assert torch.allclose(cde.encode_docs(batch), plain.encode_docs(plain.tokenize_docs(TEXTS)), atol=1e-6)
+
+
+def test_the_context_matters_and_carries_no_position():
+    cde = _cde()
+    batch = cde.tokenize_docs(TEXTS)
+    alone = cde.encode_docs(batch)
+    cde.use_corpus(TEXTS)
+    with_context = cde.encode_docs(batch)
+    assert not torch.allclose(alone, with_context, atol=1e-4)
+    cde.context = cde.context.flip(0)  # the same context vectors in another order
+    assert torch.allclose(cde.encode_docs(batch), with_context, atol=1e-5)
+
+
+def test_corpus_context_is_a_seeded_sample_computed_once():
+    cde = _cde()
+    cde.use_corpus(TEXTS)
+    first = cde.context.clone()
+    cde.encode_queries(cde.tokenize_queries(["a query"]))
+    cde.use_corpus(TEXTS)
+    assert torch.equal(cde.context, first) and cde.context.shape[0] == 3
+    other = _cde(context_seed=5)
+    other.use_corpus(TEXTS)
+    assert not torch.allclose(other.context, first)
+
+
+def test_full_sequence_dropout_replaces_every_context_vector_by_the_null_vector():
+    cde = _cde(sequence_dropout=1.0).train()
+    for layer in cde.modules():  # no other randomness than the sequence dropout
+        if isinstance(layer, torch.nn.Dropout):
+            layer.p = 0.0
+    batch = cde.tokenize_docs(TEXTS)
+    cde.use_corpus(TEXTS)
+    one = cde.encode_docs(batch)
+    cde.context = torch.randn_like(cde.context)
+    assert torch.allclose(cde.encode_docs(batch), one, atol=1e-6)  # the context's content no longer matters
+
+
+def test_training_sends_gradients_into_stage_1_through_the_batch_context():
+    cde = _cde().train()
+    module = RetrievalModule(cde, InfoNCE(mask_false_negatives=False), functools.partial(torch.optim.AdamW))
+    batch = {"queries": dict(cde.tokenize_queries(TEXTS[:3])), "docs": dict(cde.tokenize_docs(TEXTS[2:]))}
+    module(batch).backward()
+    assert cde.context.shape[0] == 3
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in cde.first.parameters())
+    assert cde.context_projection.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("batching", ["random", "cluster"])
+def test_a_cde_training_run_completes(compose_cfg, train_data, batching):
+    overrides = [*FAST_TRAIN_OVERRIDES, "model=cde", "model.context_size=4", f"datamodule.batching={batching}"]
+    metrics = train(compose_cfg(overrides, data_root=train_data))
+    assert metrics["train"]["steps"] == 8 and 0.0 <= metrics["test"]["ndcg@10"] <= 1.0
