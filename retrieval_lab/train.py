@@ -102,9 +102,8 @@ def _grad_cache_trainer_args(cfg: DictConfig, model: RetrievalModule) -> dict:
     are equal on every rank after the first, so averaging again after each keeps them the global mean."""
     if not model.grad_cache_chunk:
         return {}
-    if model.encoder.multi_vector or hasattr(model.encoder, "use_batch_context"):
-        raise ValueError("module.grad_cache.chunk_size works with single-vector encoders without a batch context, "
-                         "not model=colbert or model=cde")  # fmt: skip
+    if model.encoder.multi_vector:
+        raise ValueError("module.grad_cache.chunk_size works with single-vector encoders, not model=colbert")
     model.gradient_clip_val = cfg.trainer.get("gradient_clip_val")
     return {"gradient_clip_val": None}
 

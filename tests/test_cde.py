@@ -78,8 +78,29 @@ def test_training_sends_gradients_into_stage_1_through_the_batch_context():
     assert cde.context_projection.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("batching", ["random", "cluster"])
-def test_a_cde_training_run_completes(compose_cfg, train_data, batching):
-    overrides = [*FAST_TRAIN_OVERRIDES, "model=cde", "model.context_size=4", f"datamodule.batching={batching}"]
+@pytest.mark.parametrize("extra", [["datamodule.batching=random"], ["datamodule.batching=cluster"],
+                                   ["datamodule.batching=cluster", "module.grad_cache.chunk_size=2"]])  # fmt: skip
+def test_a_cde_training_run_completes(compose_cfg, train_data, extra):
+    overrides = [*FAST_TRAIN_OVERRIDES, "model=cde", "model.context_size=4", *extra]
     metrics = train(compose_cfg(overrides, data_root=train_data))
     assert metrics["train"]["steps"] == 8 and 0.0 <= metrics["test"]["ndcg@10"] <= 1.0
+
+
+def test_two_stage_gradient_caching_equals_the_plain_step():
+    from retrieval_lab.training.grad_cache import grad_cache_loss
+
+    no_dropout = dict(TINY_BERT) | {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    torch.manual_seed(0)
+    cde = ContextualEncoder(config_overrides=no_dropout, context_size=4).train()
+    objective = InfoNCE(mask_false_negatives=False)
+    batch = {"queries": dict(cde.tokenize_queries(TEXTS)), "docs": dict(cde.tokenize_docs(TEXTS[::-1]))}
+    cde.use_batch_context(batch["docs"])
+    plain = objective(cde.encode_queries(batch["queries"]), cde.encode_docs(batch["docs"]), cde.score)
+    plain.backward()
+    expected = {n: p.grad.clone() for n, p in cde.named_parameters() if p.grad is not None}
+    cde.zero_grad()
+    cached = grad_cache_loss(cde, objective, batch, chunk_size=2)
+    got = {n: p.grad for n, p in cde.named_parameters() if p.grad is not None}
+    assert float(cached) == pytest.approx(float(plain), abs=1e-6) and set(got) == set(expected)
+    assert any(n.startswith("first.") for n in got)  # stage 1 received its gradient through the cached context
+    assert max(float((got[n] - g).abs().max()) for n, g in expected.items()) < 1e-5

@@ -87,7 +87,6 @@ def test_a_training_run_with_gradient_caching_matches_the_plain_run(compose_cfg,
             ["module.grad_cache.chunk_size=2", "model=colbert", "retriever=colbert", "objective=pairwise"],
             "not model=colbert",
         ),
-        (["module.grad_cache.chunk_size=2", "model=cde"], "or model=cde"),
     ],
 )
 def test_where_gradient_caching_does_not_apply_it_says_so(compose_cfg, train_data, overrides, message):

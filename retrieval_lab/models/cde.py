@@ -74,13 +74,15 @@ class ContextualEncoder(Encoder):
 
     # --- the context ------------------------------------------------------------------------------------------
 
-    def use_batch_context(self, docs: Batch) -> None:
-        """Training: the batch's first ``context_size`` documents (stage 1 with gradient). Stage 1 reads them with
-        its own tokenizer: they are decoded from stage 2's ids."""
+    def context_tokens(self, docs: Batch) -> Batch:
+        """The batch's first ``context_size`` documents tokenized for stage 1 (decoded from stage 2's ids)."""
         ids = docs["input_ids"][: self.context_size]
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        tokens = {k: v.to(ids.device) for k, v in self.first.tokenize_docs(texts).items()}
-        self.context = self.first.encode_docs(tokens)  # (C, first_dim)
+        return {k: v.to(ids.device) for k, v in self.first.tokenize_docs(texts).items()}
+
+    def use_batch_context(self, docs: Batch) -> None:
+        """Training: the batch's first ``context_size`` documents, embedded by stage 1 with gradient."""
+        self.context = self.first.encode_docs(self.context_tokens(docs))  # (C, first_dim)
 
     @torch.no_grad()
     def use_corpus(self, texts: Sequence[str], batch_size: int = 64) -> None:

@@ -11,7 +11,9 @@ the whole batch's activations at once. One step:
    representation gradient into the encoder.
 
 The accumulated gradient equals that of the plain full-batch step (up to floating-point order); peak activation
-memory is that of one chunk. Single-vector encoders only (token vectors of different lengths per chunk would have
+memory is that of one chunk. For CDE (``model=cde``) the context is cached the same way, a first stage: its
+stage-1 vectors are a leaf that every stage-2 chunk reads, whose gradient, once all chunks are through, is pushed
+back into stage 1 chunk by chunk. Single-vector encoders only (token vectors of different lengths per chunk would have
 to be padded to one length first).
 """
 
@@ -85,6 +87,10 @@ def grad_cache_loss(encoder, objective, batch: dict, chunk_size: int,
     backward = backward or (lambda t, g=None: torch.autograd.backward(t, g))
     if getattr(encoder, "multi_vector", False):
         raise ValueError("module.grad_cache works with single-vector encoders; model=colbert is not supported")
+    context = None
+    if hasattr(encoder, "use_batch_context"):  # CDE: stage 1's context, cached as a leaf like the representations
+        context = CachedSide(encoder.first.encode_docs, encoder.context_tokens(batch["docs"]), chunk_size)
+        encoder.context = context.reps  # stage 2 reads it; its gradient collects on the leaf
     queries = CachedSide(encoder.encode_queries, batch["queries"], chunk_size)
     docs = CachedSide(encoder.encode_docs, batch["docs"], chunk_size) if getattr(
         objective, "uses_docs", True) else None  # fmt: skip
@@ -97,4 +103,6 @@ def grad_cache_loss(encoder, objective, batch: dict, chunk_size: int,
     for side in (queries, docs):
         if side is not None:
             side.backward(lambda reps, grad: backward(reps, grad))
+    if context is not None:  # stage 2's chunks have filled the context's gradient: now stage 1, chunk by chunk
+        context.backward(lambda reps, grad: backward(reps, grad))
     return loss.detach()
