@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -76,7 +77,7 @@ def fit(
     encoder = make(cfg.model)
     init_encoder(cfg, encoder)  # init_from, or the (cached) pre-training stage of pretrain_task
     model = make(cfg.module)(encoder=encoder, objective=objective)
-    trainer_args = _grad_cache_trainer_args(cfg, model)
+    trainer_args = _grad_cache_trainer_args(cfg, model) | _precision_trainer_args(cfg)
     datamodule.bind_encoder(encoder)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     if cfg.get("index_refresh") is not None:
@@ -93,6 +94,19 @@ def fit(
         return result, after
     finally:
         finish_loggers(loggers, failed)
+
+
+def _precision_trainer_args(cfg: DictConfig) -> dict:
+    """``trainer.precision=auto``: bf16-mixed where bf16 is fast here (``index/encode.has_fast_bf16``, the function
+    encoding uses: CUDA with bf16, AMX, or AVX512-BF16 measured faster than fp32), 32-true elsewhere."""
+    if str(cfg.trainer.get("precision")) != "auto":
+        return {}
+    from retrieval_lab.index.encode import has_fast_bf16
+
+    gpu = str(cfg.trainer.get("accelerator", "cpu")) in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    precision = "bf16-mixed" if has_fast_bf16(torch.device("cuda" if gpu else "cpu")) else "32-true"
+    log.info("trainer.precision=auto resolved to %s", precision)
+    return {"precision": precision}
 
 
 def _grad_cache_trainer_args(cfg: DictConfig, model: RetrievalModule) -> dict:

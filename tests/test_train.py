@@ -237,3 +237,14 @@ def test_dev_only_run_never_reads_test(compose_cfg, train_data, tmp_path, monkey
     from retrieval_lab.train import _primary_metric
 
     assert _primary_metric(metrics, "dev", "ndcg@10") == metrics["train"]["best_dev_value"]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_trainer_precision_auto_follows_the_encoding_decision(compose_cfg, train_data, monkeypatch, caplog, fast):
+    from retrieval_lab.index import encode
+
+    monkeypatch.setattr(encode, "has_fast_bf16", lambda device: fast)
+    with caplog.at_level(logging.INFO):
+        train(compose_cfg([*FAST_TRAIN_OVERRIDES, "trainer.precision=auto", "trainer.max_epochs=1"],
+                          data_root=train_data))  # fmt: skip
+    assert f"trainer.precision=auto resolved to {'bf16-mixed' if fast else '32-true'}" in caplog.text
