@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import torch
 
 from retrieval_lab.data.beir import Document
 from retrieval_lab.eval.trec import Run
+from retrieval_lab.index.embedding_cache import EmbeddingCache
 from retrieval_lab.index.encode import encode_texts, resolve_precision
 from retrieval_lab.index.faiss_index import FaissIndex
 from retrieval_lab.models.base import Encoder
@@ -27,8 +29,10 @@ class DenseRetriever(Retriever):
         precision: str = "auto",
         device: str = "cpu",
         show_progress: bool = True,
+        cache_dir: str | None = None,
     ) -> None:
         self.encoder = encoder.to(device)
+        self.cache = EmbeddingCache(cache_dir) if cache_dir else None
         resolve_precision(precision, torch.device(device))  # refuse a bad value before any encoding
         self.index_factory = index_factory
         self.encode_args = {"precision": precision, "show_progress": show_progress, "device": device}
@@ -49,11 +53,26 @@ class DenseRetriever(Retriever):
         texts = [doc.full_text() for doc in corpus.values()]
         if hasattr(self.encoder, "use_corpus"):  # CDE: a seeded sample of this corpus is the context
             self.encoder.use_corpus(texts, self.batch_size)
-        vectors = encode_texts(self.encoder, texts, "docs", self.batch_size, **self.encode_args)
+        vectors = self._encode_corpus(list(corpus), texts)
         self.timings["encode_corpus_s"] = time.perf_counter() - start
         self.faiss = FaissIndex(vectors.shape[1], self.index_factory)
         self.faiss.add(vectors, list(corpus))
         log.info("Encoded %d documents in %.1fs", len(texts), self.timings["encode_corpus_s"])
+
+    def _encode_corpus(self, ids: list[str], texts: list[str]) -> np.ndarray:
+        """The corpus vectors: from the embedding cache where the fingerprint matches, else encoded (and saved)."""
+        if self.cache is None:
+            return encode_texts(self.encoder, texts, "docs", self.batch_size, **self.encode_args)
+        device = torch.device(self.encode_args["device"])
+        settings = {"precision": resolve_precision(self.encode_args["precision"], device), "side": "docs"}
+        key = EmbeddingCache.key(self.encoder, ids, texts, settings)
+        if (vectors := self.cache.load(key, len(texts))) is not None:
+            log.info("corpus embeddings reused from %s (fingerprint %s)", self.cache.folder, key)
+            self.timings["embeddings_reused"] = 1.0
+            return vectors
+        vectors = encode_texts(self.encoder, texts, "docs", self.batch_size, **self.encode_args)
+        self.cache.save(key, vectors, {"documents": len(ids), "encoder": type(self.encoder).__name__, **settings})
+        return vectors
 
     def search(self, queries: dict[str, str], k: int) -> Run:
         if self.faiss is None:
