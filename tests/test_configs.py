@@ -173,7 +173,15 @@ def test_logger_options_compose(compose_cfg, option):
 
 @pytest.mark.parametrize("option", options("trainer"))
 def test_trainer_options_instantiate(compose_cfg, option):
+    import torch
+
     cfg = compose_cfg([f"trainer={option}"])
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():  # GPU presets, on a CPU machine:
+        strategy, plugins = instantiate(cfg.trainer.strategy), [instantiate(p) for p in cfg.trainer.plugins]
+        assert strategy.__class__.__name__ == "DDPStrategy" and plugins[0].auto_requeue  # their pieces build
+        with pytest.raises(Exception, match="(?i)gpu|cuda"):  # and the Trainer says why it cannot run here
+            instantiate(cfg.trainer, logger=False, precision="32-true")
+        return
     trainer = instantiate(cfg.trainer, logger=False)
     assert isinstance(trainer, pl.Trainer) and str(trainer.precision) == "32-true"
 
