@@ -23,7 +23,8 @@ from retrieval_lab.loggers.setup import finish_loggers, instantiate_loggers, log
 from retrieval_lab.pretrain.stage import init_encoder
 from retrieval_lab.training.datamodule import RetrievalDataModule
 from retrieval_lab.training.module import RetrievalModule
-from retrieval_lab.utils.io import atomic_write_text
+from retrieval_lab.utils.io import atomic_write_text, write_json
+from retrieval_lab.utils.provenance import run_info
 from retrieval_lab.utils.seed import seed_everything
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ def train(cfg: DictConfig) -> dict:
     seed_everything(cfg.seed)
     output_dir = Path(cfg.paths.output_dir)
     atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_json(output_dir / "run_info.json", run_info())  # the commit and package versions behind the numbers
     task = instantiate(cfg.task)
     return task(cfg)
 

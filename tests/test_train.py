@@ -248,3 +248,13 @@ def test_trainer_precision_auto_follows_the_encoding_decision(compose_cfg, train
         train(compose_cfg([*FAST_TRAIN_OVERRIDES, "trainer.precision=auto", "trainer.max_epochs=1"],
                           data_root=train_data))  # fmt: skip
     assert f"trainer.precision=auto resolved to {'bf16-mixed' if fast else '32-true'}" in caplog.text
+
+
+def test_every_run_records_its_commit_and_package_versions(compose_cfg, tmp_path):
+    train(compose_cfg(["task=evaluate", "retriever=bm25", "retriever.show_progress=false"]))
+    info = json.loads((tmp_path / "out" / "run_info.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    if head:  # a git checkout (CI's clean clone is one)
+        assert info["git"]["commit"] == head and isinstance(info["git"]["dirty"], bool)
+    assert info["packages"]["torch"] == torch.__version__
+    assert {"transformers", "pytorch-lightning", "hydra-core"} <= set(info["packages"]) and info["python"]
