@@ -45,3 +45,11 @@ class Encoder(nn.Module, ABC):
     @property
     def pad_token_id(self) -> int:
         return 0
+
+    def encode(self, texts: Sequence[str], side: str = "docs", batch_size: int = 64, precision: str = "auto",
+               show_progress: bool = False):  # fmt: skip
+        """Vectors of ``texts`` as a numpy array ``(N, d)``, through the lab's one encoding path (eval mode, length-
+        sorted batches, ``precision``); ``side`` picks the query or document tower and length."""
+        from retrieval_lab.index.encode import encode_texts  # encode.py builds on this module
+
+        return encode_texts(self, list(texts), side, batch_size, precision, show_progress)
