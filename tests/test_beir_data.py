@@ -120,3 +120,26 @@ def test_shared_scifact_matches_provenance(shared_data):
     assert len(ds.corpus) == 5183 and len(ds.queries) == 1109
     assert len(ds.qrels["test"]) == 300 and len(ds.qrels["train"]) == 809
     assert sum(len(d) for d in ds.qrels["test"].values()) == 339
+
+
+def test_subsample_keeps_judged_documents_and_all_training_queries(tiny_data):
+    from retrieval_lab.data.beir import load_beir
+
+    full = load_beir("tiny", tiny_data, download=False)
+    small = load_beir("tiny", tiny_data, download=False,
+                      subsample={"queries_per_split": 2, "corpus_size": 4, "seed": 0})  # fmt: skip
+    assert small.name == "tiny-subsample" and small.qrels["train"] == full.qrels["train"]
+    assert len(small.qrels["test"]) == 2 and set(small.qrels["test"]) <= set(full.qrels["test"])
+    judged = {d for split in small.qrels.values() for docs in split.values() for d in docs}
+    assert judged <= set(small.corpus) and len(small.corpus) == 4
+    again = load_beir("tiny", tiny_data, download=False, subsample={"queries_per_split": 2, "corpus_size": 4})
+    assert again.qrels == small.qrels and set(again.corpus) == set(small.corpus)  # seeded
+
+
+@pytest.mark.slow
+def test_debug_fast_is_a_trial_run_on_the_real_data(shared_data, monkeypatch):
+    from retrieval_lab import api
+
+    monkeypatch.setenv("RETRIEVAL_LAB_DATA", str(shared_data))
+    metrics = api.run_experiment(["debug=fast"])
+    assert metrics["train"]["steps"] == 10 and 0 < metrics["test"]["ndcg@10"] <= 1

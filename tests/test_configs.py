@@ -19,6 +19,7 @@ CONF = Path(retrieval_lab.__file__).parent / "conf"
 GROUPS = (
     "task", "data", "retriever", "model", "paths", "objective", "negatives",
     "datamodule", "module", "callbacks", "index_refresh", "logger", "trainer", "experiment", "pretrain_task",
+    "hparams_search", "debug",
 )  # fmt: skip
 
 
@@ -184,6 +185,12 @@ def test_trainer_options_instantiate(compose_cfg, option):
         return
     trainer = instantiate(cfg.trainer, logger=False)
     assert isinstance(trainer, pl.Trainer) and str(trainer.precision) == "32-true"
+
+
+def test_debug_fast_composes_a_small_trial_run(compose_cfg):
+    cfg = compose_cfg(["debug=fast", "data=scifact"])
+    assert cfg.data.subsample.queries_per_split == 50 and cfg.trainer.max_steps == 10
+    assert "CSVLogger" in cfg.logger.csv._target_ and not cfg.task.export
 
 
 def test_default_run_is_training(compose_cfg):

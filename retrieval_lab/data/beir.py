@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,23 @@ class RetrievalDataset:
         """The queries judged in ``split``, in file order."""
         judged = self.qrels[split]
         return {qid: text for qid, text in self.queries.items() if qid in judged}
+
+    def subsample(self, queries_per_split: int, corpus_size: int, seed: int = 0) -> RetrievalDataset:
+        """A small copy for trial runs (``debug=fast``): at most ``queries_per_split`` seeded queries of each split
+        other than train (train keeps all), every document judged for a kept query, then seeded other documents up
+        to ``corpus_size``. Its numbers are not comparable with the full dataset's: the name says so."""
+        rng = random.Random(seed)
+        qrels = {}
+        for split, judged in self.qrels.items():
+            ids = sorted(judged)
+            kept = ids if split == "train" else sorted(rng.sample(ids, min(queries_per_split, len(ids))))
+            qrels[split] = {q: judged[q] for q in kept}
+        needed = {d for judged in qrels.values() for docs in judged.values() for d in docs}
+        others = sorted(set(self.corpus) - needed)
+        extra = rng.sample(others, max(0, min(len(others), corpus_size - len(needed))))
+        corpus = {d: doc for d, doc in self.corpus.items() if d in needed or d in set(extra)}
+        queries = {q: t for q, t in self.queries.items() if any(q in judged for judged in qrels.values())}
+        return RetrievalDataset(f"{self.name}-subsample", corpus, queries, qrels)
 
 
 def _read_jsonl(path: Path, kind: str) -> list[tuple[int, dict]]:
@@ -150,6 +168,7 @@ def load_beir(
     data_root: str | Path,
     splits: list[str] | tuple[str, ...] | None = None,
     download: bool = True,
+    subsample: dict | None = None,
 ) -> RetrievalDataset:
     """Load ``<data_root>/beir/<name>``, downloading it from the public BEIR address if it is missing.
 
@@ -169,4 +188,9 @@ def load_beir(
         qrels[split] = read_qrels(path)
         check_qrels_ids(qrels[split], corpus, queries, path)
     log.info("Loaded %s: %d documents, %d queries, splits %s", name, len(corpus), len(queries), list(qrels))
-    return RetrievalDataset(name=name, corpus=corpus, queries=queries, qrels=qrels)
+    dataset = RetrievalDataset(name=name, corpus=corpus, queries=queries, qrels=qrels)
+    if subsample:  # {queries_per_split, corpus_size, seed}: a small copy for trial runs
+        dataset = dataset.subsample(**subsample)
+        log.warning("data.subsample: %d documents, %s queries per split (%s): not comparable with the full set",
+                    len(dataset.corpus), {s: len(q) for s, q in dataset.qrels.items()}, dataset.name)  # fmt: skip
+    return dataset
