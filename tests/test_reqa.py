@@ -267,3 +267,12 @@ def test_default_recipe_on_reqa_runs_on_tiny_data(compose_cfg, reqa_root, task):
     assert metrics["test"]["success@1"] <= metrics["test"]["success@10"] and "mrr@100" in metrics["test"]
     if task == "train":
         assert metrics["train"]["dev_metric"] == "mrr@100" and metrics["train"]["dev_history"][0][0] == 0
+
+
+def test_the_stage_cache_key_holds_a_fingerprint_of_the_code(compose_cfg, monkeypatch):
+    import retrieval_lab.pretrain.stage as stage
+
+    cfg = compose_cfg(["experiment=pretrain_ablation", "+experiment/pretrain_arm=ict", "data=reqa_squad"])
+    before = pretrain_key(cfg)
+    monkeypatch.setattr(stage, "code_fingerprint", lambda: "edited-code")
+    assert pretrain_key(cfg) != before  # the same settings, other code: another stage

@@ -9,6 +9,9 @@
   settings, objective, trainer precision, seed), so the jobs of a sweep that share a pre-training (the 1% and 5%
   fine-tuning of the same task) pre-train once. Setting both is an error.
 
+The cache key also holds ``code_fingerprint()``, a hash of the source of the tasks, corpus readers, objectives,
+models and training module, so changed code never reuses a stage the old code made.
+
 ``run_pretraining(cfg, out_dir)`` trains a fresh ``cfg.model`` encoder on ``cfg.pretrain_task`` (pairs with
 ``cfg.objective``, the in-batch sampled softmax; MLM batches with the MLM head) on one device for
 ``pretrain_task.max_steps`` steps and writes ``encoder.pt``, ``pretrain.json`` and a CSV log into ``out_dir``.
@@ -59,8 +62,26 @@ def pretrain_key(cfg: DictConfig) -> str:
         "objective": OmegaConf.to_container(stage_objective(cfg), resolve=True),
         "precision": str(cfg.trainer.get("precision")),
         "seed": cfg.seed,
+        "code": code_fingerprint(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# The code that makes the pre-training examples and trains on them: a change here is a different stage.
+_STAGE_CODE = ("pretrain", "data/wiki.py", "data/squad.py", "data/sentences.py", "objectives", "models",
+               "training/module.py")  # fmt: skip
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """A hash of the source files behind a stage's weights (``_STAGE_CODE`` under the package), so an edited task,
+    corpus reader, objective or model never reuses a cached stage made by the old code."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for entry in _STAGE_CODE:
+        for path in sorted((root / entry).rglob("*.py")) if (root / entry).is_dir() else [root / entry]:
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def stage_objective(cfg: DictConfig) -> DictConfig:
