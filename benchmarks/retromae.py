@@ -54,14 +54,15 @@ def hf_mlm(texts: list[list[str]], max_length: int, ratio: float, warmup: int) -
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     batches, tokens = [], 0
     for chunk in texts:
-        enc = encoder.tokenizer(chunk, max_length=max_length, truncation=True, return_offsets_mapping=True)
-        ids = enc["input_ids"]
-        batch = collator(
-            [{"input_ids": i, "offset_mapping": o} for i, o in zip(ids, enc["offset_mapping"], strict=True)]
-        )
-        batch["attention_mask"] = (batch["input_ids"] != encoder.pad_token_id).long()
+        enc = encoder.tokenizer(chunk, max_length=max_length, truncation=True, padding="longest",
+                                return_offsets_mapping=True)  # fmt: skip
+        rows = [
+            {"input_ids": i, "offset_mapping": o} for i, o in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
+        ]
+        batch = collator(rows)
+        batch["attention_mask"] = torch.tensor(enc["attention_mask"])
         batches.append(batch)
-        tokens += sum(len(i) for i in ids)
+        tokens += int(batch["attention_mask"].sum())  # real tokens, padding aside
 
     def step(batch: dict) -> None:
         loss = model(**batch).loss
