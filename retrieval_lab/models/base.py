@@ -53,3 +53,25 @@ class Encoder(nn.Module, ABC):
         from retrieval_lab.index.encode import encode_texts  # encode.py builds on this module
 
         return encode_texts(self, list(texts), side, batch_size, precision, show_progress)
+
+
+class HFTokenized:
+    """Mixin for encoders that tokenize with a Hugging Face tokenizer (``self.tokenizer``): the encoder's max
+    lengths (``query_max_length``, ``doc_max_length``) and optional prefixes (``query_prefix``, ``doc_prefix``)."""
+
+    query_prefix: str = ""
+    doc_prefix: str = ""
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id or 0)
+
+    def _tokenize(self, texts: Sequence[str], prefix: str, max_length: int, padding: bool) -> Batch:
+        return self.tokenizer([prefix + t for t in texts], max_length=max_length, truncation=True, padding=padding,
+                              return_tensors="pt" if padding else None, return_token_type_ids=False)  # fmt: skip
+
+    def tokenize_queries(self, texts: Sequence[str], padding: bool = True, max_length: int | None = None) -> Batch:
+        return self._tokenize(texts, self.query_prefix, max_length or self.query_max_length, padding)
+
+    def tokenize_docs(self, texts: Sequence[str], padding: bool = True, max_length: int | None = None) -> Batch:
+        return self._tokenize(texts, self.doc_prefix, max_length or self.doc_max_length, padding)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from retrieval_lab.models.backbone import load_backbone, load_tokenizer
-from retrieval_lab.models.base import Batch, Encoder
+from retrieval_lab.models.base import Batch, Encoder, HFTokenized
 from retrieval_lab.scoring.dense import cosine_scores, dot_scores
 
 POOLINGS = ("mean", "cls")
@@ -33,7 +32,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)  # (B, H)
 
 
-class BiEncoder(Encoder):
+class BiEncoder(HFTokenized, Encoder):
     """Query and document towers over a Hugging Face encoder.
 
     ``model_name`` is any Hugging Face name or path, or ``all-MiniLM-L6-v2`` for the packaged copy.
@@ -71,26 +70,6 @@ class BiEncoder(Encoder):
         self.pooling, self.normalize, self.similarity = pooling, normalize, similarity
         self.query_max_length, self.doc_max_length = query_max_length, doc_max_length
         self.query_prefix, self.doc_prefix = query_prefix, doc_prefix
-
-    @property
-    def pad_token_id(self) -> int:
-        return int(self.tokenizer.pad_token_id or 0)
-
-    def _tokenize(self, texts: Sequence[str], prefix: str, max_length: int, padding: bool) -> Batch:
-        return self.tokenizer(
-            [prefix + t for t in texts],
-            max_length=max_length,
-            truncation=True,
-            padding=padding,
-            return_tensors="pt" if padding else None,
-            return_token_type_ids=False,
-        )
-
-    def tokenize_queries(self, texts: Sequence[str], padding: bool = True, max_length: int | None = None) -> Batch:
-        return self._tokenize(texts, self.query_prefix, max_length or self.query_max_length, padding)
-
-    def tokenize_docs(self, texts: Sequence[str], padding: bool = True, max_length: int | None = None) -> Batch:
-        return self._tokenize(texts, self.doc_prefix, max_length or self.doc_max_length, padding)
 
     def _embed(self, tower: nn.Module, batch: Batch) -> torch.Tensor:
         mask = batch["attention_mask"]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrieval_lab.models.backbone import load_tokenizer
-from retrieval_lab.models.base import Batch, Encoder
+from retrieval_lab.models.base import Batch, Encoder, HFTokenized
 from retrieval_lab.scoring.dense import cosine_scores, dot_scores
 
 
@@ -37,7 +37,7 @@ class BagOfWordsTower(nn.Module):
         return self.mlp(summed / weights.sum(1).clamp(min=1.0))  # (B, d)
 
 
-class BowMLPEncoder(Encoder):
+class BowMLPEncoder(HFTokenized, Encoder):
     def __init__(
         self,
         tokenizer_name: str = "all-MiniLM-L6-v2",
@@ -65,20 +65,6 @@ class BowMLPEncoder(Encoder):
         self.doc_tower = self.query_tower if shared else BagOfWordsTower(*args)
         self.normalize, self.similarity = normalize, similarity
         self.query_max_length, self.doc_max_length = query_max_length, doc_max_length
-
-    @property
-    def pad_token_id(self) -> int:
-        return int(self.tokenizer.pad_token_id or 0)
-
-    def _tokenize(self, texts: Sequence[str], max_length: int, padding: bool) -> Batch:
-        return self.tokenizer(list(texts), max_length=max_length, truncation=True, padding=padding,
-                              return_tensors="pt" if padding else None, return_token_type_ids=False)  # fmt: skip
-
-    def tokenize_queries(self, texts: Sequence[str], padding: bool = True, max_length: int | None = None) -> Batch:
-        return self._tokenize(texts, max_length or self.query_max_length, padding)
-
-    def tokenize_docs(self, texts: Sequence[str], padding: bool = True, max_length: int | None = None) -> Batch:
-        return self._tokenize(texts, max_length or self.doc_max_length, padding)
 
     def _embed(self, tower: BagOfWordsTower, batch: Batch) -> torch.Tensor:
         vectors = tower(batch["input_ids"], batch["attention_mask"])  # (B, d)

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrieval_lab.models.backbone import load_backbone, load_tokenizer
-from retrieval_lab.models.base import Batch, Encoder
+from retrieval_lab.models.base import Batch, Encoder, HFTokenized
 from retrieval_lab.models.biencoder import BiEncoder, pool
 from retrieval_lab.scoring.dense import dot_scores
 
 
-class ContextualEncoder(Encoder):
+class ContextualEncoder(HFTokenized, Encoder):
     def __init__(
         self,
         model_name: str = "all-MiniLM-L6-v2",
@@ -57,20 +57,6 @@ class ContextualEncoder(Encoder):
         self.context_size, self.context_seed, self.sequence_dropout = context_size, context_seed, sequence_dropout
         self.query_max_length, self.doc_max_length = query_max_length, doc_max_length
         self.context: torch.Tensor | None = None  # (C, first_dim): stage-1 vectors of the current context
-
-    @property
-    def pad_token_id(self) -> int:
-        return int(self.tokenizer.pad_token_id or 0)
-
-    def _tokenize(self, texts: Sequence[str], max_length: int, padding: bool) -> Batch:
-        return self.tokenizer(list(texts), max_length=max_length, truncation=True, padding=padding,
-                              return_tensors="pt" if padding else None, return_token_type_ids=False)  # fmt: skip
-
-    def tokenize_queries(self, texts: Sequence[str], padding: bool = True, max_length: int | None = None) -> Batch:
-        return self._tokenize(texts, max_length or self.query_max_length, padding)
-
-    def tokenize_docs(self, texts: Sequence[str], padding: bool = True, max_length: int | None = None) -> Batch:
-        return self._tokenize(texts, max_length or self.doc_max_length, padding)
 
     # --- the context ------------------------------------------------------------------------------------------
 
