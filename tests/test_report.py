@@ -191,8 +191,8 @@ def test_baseline_gives_a_paired_test_per_query_over_the_seed_means(tmp_path: Pa
     assert main([str(root), "--metrics", "ndcg@10", "--mean-over", "seed", "--baseline", "arm=plain"]) == 0
     out = capsys.readouterr().out
     assert "### Paired randomization test per query against `arm=plain` (test)" in out
-    assert "| masked | ndcg@10 | +0.0500 | 0.0001 | 40 |" in out  # 1 / (10,000 + 1): no sign flip is as extreme
-    assert "| noisy | ndcg@10 | +0.0000 | 1.0000 | 40 |" in out
+    assert "| masked | ndcg@10 | +0.0500 | 0.0001 | 40 | 2/2 |" in out  # 1 / 10,001: no sign flip is as extreme
+    assert "| noisy | ndcg@10 | +0.0000 | 1.0000 | 40 | 0/2 |" in out  # equal run means: ahead in no seed
     with pytest.raises(SystemExit):
         main([str(root), "--metrics", "ndcg@10", "--mean-over", "seed", "--baseline", "arm=absent"])
     (root / "0" / "per_query.test.json").unlink()

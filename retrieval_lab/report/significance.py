@@ -59,6 +59,22 @@ class Comparison:
     delta: float  # mean over the common queries of arm - baseline
     p_value: float
     queries: int
+    ahead: str = "-"  # "k/n": seeds (mean_over values) where the arm's run beats the baseline's of the same seed
+
+
+def seeds_ahead(report: Report, arm_jobs: list[Job], base_jobs: list[Job], metric: str) -> str:
+    """In how many of the shared ``mean_over`` values (seeds) the arm's job scores above the baseline's: the
+    per-query test counts queries, so a gain one seed reverses still shows here."""
+    if not report.mean_over:
+        return "-"
+
+    def by_seed(jobs: list[Job]) -> dict[str, float]:
+        found = {j.value(report.mean_over): j.metric(report.split, metric) for j in jobs if j.status == "ok"}
+        return {seed: v for seed, v in found.items() if v is not None}
+
+    arm, base = by_seed(arm_jobs), by_seed(base_jobs)
+    shared = sorted(set(arm) & set(base))
+    return f"{sum(arm[s] > base[s] for s in shared)}/{len(shared)}" if shared else "-"
 
 
 def compare_to_baseline(report: Report, baseline: str, samples: int = 10_000) -> list[Comparison]:
@@ -84,7 +100,7 @@ def compare_to_baseline(report: Report, baseline: str, samples: int = 10_000) ->
             a = np.array([reference[q] for q in common])
             b = np.array([values[q] for q in common])
             out.append(Comparison(arm, metric, float((b - a).mean()), paired_randomization_test(a, b, samples),
-                                  len(common)))  # fmt: skip
+                                  len(common), seeds_ahead(report, jobs, groups[base[0]], metric)))  # fmt: skip
     return out
 
 
@@ -92,10 +108,9 @@ def significance_markdown(report: Report, baseline: str) -> list[str]:
     """A Markdown section: each arm's mean per-query difference to the baseline and its p-value."""
     rows = compare_to_baseline(report, baseline)
     lines = [f"### Paired randomization test per query against `{baseline}` ({report.split})", "",
-             "| " + " | ".join([*report.factors, "metric", "Δ mean", "p", "queries"]) + " |",
-             "|" + "|".join("---" for _ in range(len(report.factors) + 4)) + "|"]  # fmt: skip
+             "| " + " | ".join([*report.factors, "metric", "Δ mean", "p", "queries", "seeds ahead"]) + " |",
+             "|" + "|".join("---" for _ in range(len(report.factors) + 5)) + "|"]  # fmt: skip
     for r in rows:
-        lines.append(
-            "| " + " | ".join([*r.arm, r.metric, f"{r.delta:+.4f}", f"{r.p_value:.4f}", str(r.queries)]) + " |"
-        )
+        cells = [*r.arm, r.metric, f"{r.delta:+.4f}", f"{r.p_value:.4f}", str(r.queries), r.ahead]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
