@@ -79,6 +79,14 @@ class CachedSide:
             start += reps.shape[0]
 
 
+def objective_loss(objective, q: torch.Tensor, d: torch.Tensor | None, score, batch: dict) -> torch.Tensor:
+    """Call an objective the one way the lab does: vectors, the score function, the batch's labels (false-negative
+    masking), and the tokenized batch for objectives with ``needs_batch`` (a teacher, a frozen copy, a queue's key
+    encoder, a surrogate)."""
+    extra = {"batch": batch} if getattr(objective, "needs_batch", False) else {}
+    return objective(q, d, score, labels=batch.get("labels"), **extra)  # ()
+
+
 def grad_cache_loss(encoder, objective, batch: dict, chunk_size: int,
                     backward: Callable[..., None] | None = None) -> torch.Tensor:  # fmt: skip
     """The loss of ``batch`` with its gradients accumulated into the encoder's and objective's ``.grad`` by the
@@ -94,15 +102,13 @@ def grad_cache_loss(encoder, objective, batch: dict, chunk_size: int,
     queries = CachedSide(encoder.encode_queries, batch["queries"], chunk_size)
     docs = CachedSide(encoder.encode_docs, batch["docs"], chunk_size) if getattr(
         objective, "uses_docs", True) else None  # fmt: skip
-    extra = {"batch": batch} if getattr(objective, "needs_batch", False) else {}
-    loss = objective(queries.reps, None if docs is None else docs.reps, encoder.score, labels=batch.get("labels"),
-                     **extra)  # fmt: skip
+    loss = objective_loss(objective, queries.reps, None if docs is None else docs.reps, encoder.score, batch)
     if not torch.isfinite(loss):
         return loss.detach()  # the caller stops the run before anything is stepped
     backward(loss)
     for side in (queries, docs):
         if side is not None:
-            side.backward(lambda reps, grad: backward(reps, grad))
+            side.backward(backward)
     if context is not None:  # stage 2's chunks have filled the context's gradient: now stage 1, chunk by chunk
-        context.backward(lambda reps, grad: backward(reps, grad))
+        context.backward(backward)
     return loss.detach()

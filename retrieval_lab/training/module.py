@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrieval_lab.models.base import Batch, Encoder
-from retrieval_lab.training.grad_cache import grad_cache_loss
+from retrieval_lab.training.grad_cache import grad_cache_loss, objective_loss
 
 
 class NonFiniteLossError(RuntimeError):
@@ -88,12 +88,11 @@ class RetrievalModule(pl.LightningModule):
             self.encoder.use_batch_context(batch["docs"])
         q = self.encoder.encode_queries(batch["queries"])  # (B, d) or token vectors (B, Lq, d)
         if not getattr(self.objective, "uses_docs", True):  # one text per row (SG-OPT's sentences)
-            return self.objective(q, None, self.encoder.score, labels=batch.get("labels"), batch=batch)
+            return objective_loss(self.objective, q, None, self.encoder.score, batch)
         d = self.encoder.encode_docs(batch["docs"])  # (B * (1 + n), d) or (B * (1 + n), Ld, d)
         if self.encoder.multi_vector:
             d = pad_tokens_across_ranks(d)
-        extra = {"batch": batch} if getattr(self.objective, "needs_batch", False) else {}
-        return self.objective(q, d, self.encoder.score, labels=batch.get("labels"), **extra)  # ()
+        return objective_loss(self.objective, q, d, self.encoder.score, batch)  # ()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         torch.manual_seed(zlib.crc32(f"{self.seed}:{self.global_step}:{self.global_rank}".encode()))
