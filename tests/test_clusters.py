@@ -101,6 +101,14 @@ def test_bm25_svd_vectors_put_texts_on_one_topic_together():
     assert all(len({assignment[j] for j in range(i, 30, 3)}) == 1 for i in range(3))  # one cluster per topic
 
 
-def test_a_run_clusters_with_bm25_vectors(compose_cfg, train_data):
+def test_a_run_clusters_with_bm25_vectors(compose_cfg, train_data, tmp_path, monkeypatch):
+    import retrieval_lab.training.datamodule as datamodule
+
+    calls = []
+    real = datamodule.bm25_svd_vectors
+    monkeypatch.setattr(datamodule, "bm25_svd_vectors", lambda *a: calls.append(a[1]) or real(*a))
     overrides = ["datamodule.batching=cluster", "datamodule.cluster.embedder=bm25", "datamodule.cluster.svd_dims=4"]
-    assert train(compose_cfg([*FAST_TRAIN_OVERRIDES, *overrides, "task.export=false"], data_root=train_data))
+    train(compose_cfg([*FAST_TRAIN_OVERRIDES, *overrides, "task.export=false"], data_root=train_data))
+    assert calls == [4]  # the pairs were embedded by BM25 + SVD, once (no reclustering)
+    state = torch.load(tmp_path / "out" / "checkpoints" / "last.ckpt", weights_only=False)["RetrievalDataModule"]
+    assert len(state["cluster_orders"]["assignment"]) == 16  # every training pair has a cluster
