@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import time
 
 import numpy as np
 import pytorch_lightning as pl
@@ -13,6 +14,7 @@ from retrieval_lab.callbacks.index_refresh import AsyncIndexRefresh
 from retrieval_lab.data.beir import Document
 from retrieval_lab.index.encode import encode_texts
 from retrieval_lab.models.biencoder import BiEncoder
+from retrieval_lab.negatives import inferencer
 from retrieval_lab.negatives import table as tables
 from retrieval_lab.negatives.mining import encode_corpus
 from retrieval_lab.train import fit
@@ -143,3 +145,37 @@ def test_refresh_can_encode_documents_shorter_than_evaluation():
     expected = encode_texts(encoder, [d.full_text() for d in corpus.values()], "docs", show_progress=False)
     np.testing.assert_allclose(short, expected, atol=1e-6)
     assert not np.allclose(short, full, atol=1e-3)
+
+
+def test_a_hung_inferencer_is_killed_at_its_timeout_and_training_finishes(compose_cfg, train_data, tmp_path, caplog):
+    # max_staleness 1 makes the trainer wait for each inferencer: without the timeout this run never ends
+    overrides = [*ASYNC, "index_refresh.timeout_s=8", "index_refresh.inferencer_fn=tests.hung_inferencer.sleep_forever"]
+    start = time.monotonic()
+    with caplog.at_level(logging.ERROR):
+        result, _ = fit(compose_cfg(overrides, data_root=train_data))
+    took = time.monotonic() - start
+    refresh = _refresh_callback(result)
+    assert result.trainer.global_step == 8 and refresh.process is None
+    assert refresh.failures == 3 and refresh.history == []  # the refreshes after steps 2, 4, 6 each hung
+    assert caplog.text.count("no result within index_refresh.timeout_s=8") == 3
+    assert "last heartbeat: 'pretending to encode'" in caplog.text
+    assert took < 3 * 8 + 120, took  # three timeouts plus the run's own budget
+    folder = tmp_path / "out" / "ance_tables"
+    assert tables.latest_version(folder) is None and not list(folder.glob("heartbeat-*")) + list(
+        folder.glob("status-*")
+    )
+
+
+def test_a_refresh_in_flight_at_a_checkpoint_restarts_on_resume():
+    before = AsyncIndexRefresh("unused", every_n_steps=5)
+    before.version, before.last_step = 1, 10
+    assert not before.due(12, total_steps=100)  # two steps after the last refresh: not yet
+    before.job = object.__new__(inferencer.InferencerJob)
+    object.__setattr__(before.job, "step", 10)
+    after = AsyncIndexRefresh("unused", every_n_steps=5)
+    after.load_state_dict(json.loads(json.dumps(before.state_dict())))
+    assert after.restart_pending and after.due(12, total_steps=100)  # the lost refresh starts again at once
+    assert not after.due(100, total_steps=100)  # but never at the very end
+    idle = AsyncIndexRefresh("unused", every_n_steps=5)
+    idle.load_state_dict(json.loads(json.dumps(AsyncIndexRefresh("unused", every_n_steps=5).state_dict())))
+    assert not idle.restart_pending

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from hydra.utils import get_method
 
 from retrieval_lab.index.encode import PRECISIONS, encode_texts
 from retrieval_lab.index.faiss_index import FaissIndex
@@ -202,6 +203,10 @@ class AsyncIndexRefresh(SyncIndexRefresh):
     boundary after it ends. ``max_staleness`` (steps) bounds how old the negatives in flight may get: past
     it the trainer waits for the inferencer (null: never waits). If the inferencer fails or is killed, the
     error is logged, training goes on with the table in use, and the next scheduled refresh tries again.
+    ``timeout_s`` bounds one refresh: an inferencer still running after it is killed (the log names the phase
+    its heartbeat last reported) and counted as a failure, so a hung child can neither stop the refreshes nor,
+    through ``max_staleness``, the training. An inferencer in flight when a checkpoint is saved is started
+    again at the first step of the resumed run.
 
     ``device``: where the inferencer encodes; null picks the trainer's device, or the last GPU where there
     are several (so it does not share the trainer's). ``num_threads``: its CPU threads (null: torch's default).
@@ -213,6 +218,8 @@ class AsyncIndexRefresh(SyncIndexRefresh):
         device: str | None = None,
         num_threads: int | None = None,
         max_staleness: int | None = None,
+        timeout_s: float | None = 3600.0,
+        inferencer_fn: str = "retrieval_lab.negatives.inferencer.run_job",
         **refresh_args,
     ) -> None:
         """``refresh_args``: those of ``SyncIndexRefresh`` (every_n_steps, top_k, batch sizes, precision, ...)."""
@@ -226,7 +233,12 @@ class AsyncIndexRefresh(SyncIndexRefresh):
                 torch.device(device)
             except RuntimeError as err:
                 raise ValueError(f"index_refresh.device: {err}") from None
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError(f"index_refresh.timeout_s must be > 0 or null, got {timeout_s}")
         self.device, self.num_threads, self.max_staleness = device, num_threads, max_staleness
+        self.timeout_s, self.inferencer_fn = timeout_s, get_method(inferencer_fn)
+        self.started_at = 0.0
+        self.restart_pending = False  # a refresh was in flight when the checkpoint this run resumed was saved
         self.work_dir = self.table_dir / "inferencer"
         self.process: mp.process.BaseProcess | None = None
         self.job: inferencer.InferencerJob | None = None
@@ -245,13 +257,15 @@ class AsyncIndexRefresh(SyncIndexRefresh):
         step = trainer.global_step
         late = self.max_staleness is not None and self.running and step - self.job.step >= self.max_staleness
         self._collect(trainer, wait=late)
-        if (
-            not self.running
-            and self.every_n_steps is not None
-            and step - self.last_step >= self.every_n_steps
-            and step < trainer.estimated_stepping_batches
-        ):
+        if self.due(step, trainer.estimated_stepping_batches):
             self._launch(trainer, pl_module)
+
+    def due(self, step: int, total_steps: float) -> bool:
+        """Whether a refresh starts at this step boundary: none is running, and the schedule says so or the
+        run resumed from a checkpoint saved while one was in flight."""
+        if self.running or self.every_n_steps is None or step >= total_steps:
+            return False
+        return self.restart_pending or step - self.last_step >= self.every_n_steps
 
     def _inferencer_device(self, pl_module: pl.LightningModule) -> str:
         if self.device is not None:
@@ -262,7 +276,7 @@ class AsyncIndexRefresh(SyncIndexRefresh):
 
     def _launch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step, version = trainer.global_step, self.version + 1
-        self.last_step = step
+        self.last_step, self.restart_pending, self.started_at = step, False, time.monotonic()
         self.job = inferencer.InferencerJob(
             snapshot=str(self.work_dir / f"snapshot-step{step:06d}.pt"), inputs=str(self.work_dir / "inputs.pkl"),
             table_dir=str(self.table_dir), version=version, step=step, top_k=self.top_k, mine_args=self.mine_args,
@@ -273,7 +287,8 @@ class AsyncIndexRefresh(SyncIndexRefresh):
         tables.prune(self.table_dir, self.version)  # what a failed attempt at this version may have left
         self.job.status_path.unlink(missing_ok=True)
         inferencer.write_snapshot(self.job.snapshot, pl_module.encoder)
-        self.process = mp.get_context("spawn").Process(target=inferencer.run_job, args=(self.job,), daemon=True)
+        self.job.heartbeat_path.unlink(missing_ok=True)
+        self.process = mp.get_context("spawn").Process(target=self.inferencer_fn, args=(self.job,), daemon=True)
         self.process.start()
         log.info("index refresh: inferencer started for version %d from the step-%d snapshot (pid %d)",
                  version, step, self.process.pid)  # fmt: skip
@@ -284,8 +299,10 @@ class AsyncIndexRefresh(SyncIndexRefresh):
         if trainer.is_global_zero and self.process is not None:
             if wait and self.process.is_alive():
                 log.info("index refresh: waiting for the inferencer (max_staleness %s reached)", self.max_staleness)
-                self.process.join()
-            if not self.process.is_alive():
+                self.process.join(None if self.timeout_s is None else max(0.0, self._deadline() - time.monotonic()))
+            if self.process.is_alive() and self.timeout_s is not None and time.monotonic() >= self._deadline():
+                outcome = self._kill_hung()
+            elif not self.process.is_alive():
                 outcome = self._outcome()
         outcome = trainer.strategy.broadcast(outcome, src=0)
         if outcome is None:
@@ -301,6 +318,25 @@ class AsyncIndexRefresh(SyncIndexRefresh):
                       outcome["version"], outcome["step"], outcome["error"], in_use)  # fmt: skip
             self._log(trainer, {"failures": self.failures}, step)
 
+    def _deadline(self) -> float:
+        return self.started_at + self.timeout_s
+
+    def _kill_hung(self) -> dict:
+        """The inferencer outlived ``timeout_s``: kill it and report where its heartbeat says it was."""
+        job, process = self.job, self.process
+        process.kill()
+        process.join()
+        self.process = None
+        heartbeat = inferencer.read_heartbeat(job)
+        where = "no heartbeat: it never started its work"
+        if heartbeat:
+            where = f"last heartbeat: {heartbeat['phase']!r}, {time.time() - heartbeat['time']:.0f} s before"
+        for leftover in (Path(job.snapshot), job.status_path, job.heartbeat_path):
+            leftover.unlink(missing_ok=True)
+        tables.prune(job.table_dir, self.version)  # a table it may have begun
+        return {"ok": False, "version": job.version, "step": job.step,
+                "error": f"no result within index_refresh.timeout_s={self.timeout_s} s, killed ({where})"}  # fmt: skip
+
     def _outcome(self) -> dict:
         job, process = self.job, self.process
         process.join()
@@ -313,6 +349,7 @@ class AsyncIndexRefresh(SyncIndexRefresh):
         elif status["ok"] and not tables.table_path(job.table_dir, job.version).exists():
             status = failed | {"error": "its table is missing"}
         job.status_path.unlink(missing_ok=True)
+        job.heartbeat_path.unlink(missing_ok=True)
         if not status["ok"]:
             return status
         sampler = self._sampler
@@ -352,8 +389,10 @@ class AsyncIndexRefresh(SyncIndexRefresh):
         self.stop()
 
     def state_dict(self) -> dict:
-        return super().state_dict() | {"failures": self.failures}
+        in_flight = self.job.step if self.job is not None else None
+        return super().state_dict() | {"failures": self.failures, "in_flight_step": in_flight}
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self.failures = state_dict.get("failures", 0)
+        self.restart_pending = state_dict.get("in_flight_step") is not None

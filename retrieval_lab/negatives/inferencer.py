@@ -42,6 +42,22 @@ class InferencerJob:
     def status_path(self) -> Path:
         return Path(self.table_dir) / f"status-v{self.version:05d}.json"
 
+    @property
+    def heartbeat_path(self) -> Path:
+        return Path(self.table_dir) / f"heartbeat-v{self.version:05d}.json"
+
+
+def beat(job: InferencerJob, phase: str) -> None:
+    """Record the phase the child entered and when (the trainer names it if it has to kill a hung child)."""
+    write_json(job.heartbeat_path, {"phase": phase, "time": time.time(), "pid": os.getpid()})
+
+
+def read_heartbeat(job: InferencerJob) -> dict | None:
+    try:
+        return json.loads(job.heartbeat_path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
 
 def write_inputs(path: str | Path, corpus, queries, positives) -> Path:
     """The data every refresh mines over, written once per run (atomically)."""
@@ -65,12 +81,14 @@ def run_job(job: InferencerJob) -> None:
     """Process entry point: mine, write table ``job.version`` and its status; errors go to the status file."""
     start = time.perf_counter()
     try:
+        beat(job, "loading the snapshot")
         if job.num_threads:
             torch.set_num_threads(job.num_threads)
         encoder = torch.load(job.snapshot, map_location=job.device, weights_only=False)
         encoder.eval()
         with open(job.inputs, "rb") as handle:
             inputs = pickle.load(handle)
+        beat(job, "encoding the corpus and mining")
         mined = mine_ann_negatives(encoder, inputs["corpus"], inputs["queries"], inputs["positives"], job.top_k,
                                    device=job.device, **job.mine_args)  # fmt: skip
         if not _parent_alive(job):
@@ -84,6 +102,7 @@ def run_job(job: InferencerJob) -> None:
             "positives_in_top_k": mined.share_ranked_within(job.top_k),
             "total_s": round(time.perf_counter() - start, 3),
         }
+        beat(job, "writing the table")
         tables.write(job.table_dir, job.version, mined.negatives, meta={"step": job.step, "async": True})
         write_json(job.status_path, result)
     except Exception as err:  # reported to the trainer, which keeps training on the previous table
