@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from retrieval_lab.utils.io import atomic_dir, write_json
@@ -25,3 +27,34 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
 def test_write_json_leaves_no_temporary_file(tmp_path):
     write_json(tmp_path / "metrics.json", {"test": {"ndcg@10": 0.5}})
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_atomic_dir_replacement_leaves_no_moment_without_the_folder(tmp_path):
+    from retrieval_lab.utils.io import exchange_paths
+
+    probe_a, probe_b = tmp_path / "a", tmp_path / "b"
+    probe_a.mkdir(), probe_b.mkdir()
+    if not exchange_paths(probe_a, probe_b):
+        pytest.skip("this system cannot exchange two paths atomically (renameat2): atomic_dir renames in two steps")
+    target = tmp_path / "export"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights.txt").write_text("0")
+    missing, stop = [], threading.Event()
+
+    def read_forever():
+        while not stop.is_set():
+            try:
+                int((target / "weights.txt").read_text())  # never absent, never empty
+            except (FileNotFoundError, ValueError) as err:
+                missing.append(repr(err))
+
+    reader = threading.Thread(target=read_forever)
+    reader.start()
+    for version in range(1, 150):
+        with atomic_dir(target) as tmp:
+            (tmp / "weights.txt").write_text(str(version))
+    stop.set()
+    reader.join()
+    assert missing == []
+    assert (target / "weights.txt").read_text() == "149"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "export"]
