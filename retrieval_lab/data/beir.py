@@ -171,13 +171,16 @@ def load_beir(
     download: bool = True,
     subsample: dict | None = None,
     domain: str = "passage",
+    download_url: str | None = None,
+    download_md5: str | None = None,
 ) -> RetrievalDataset:
     """Load ``<data_root>/beir/<name>``, downloading it from the public BEIR address if it is missing.
 
     ``splits`` names the qrels to read; by default every ``qrels/*.tsv`` present. ``domain`` names the kind of
-    document in LLM prompts (``data.domain``).
+    document in LLM prompts (``data.domain``). ``download_url`` (``{name}`` filled in) and ``download_md5``
+    replace BEIR's address and published checksum, e.g. for a mirror.
     """
-    folder = ensure_beir_dataset(name, Path(data_root) / "beir", download=download)
+    folder = ensure_beir_dataset(name, Path(data_root) / "beir", download, url=download_url, md5=download_md5)
     if splits is None:
         splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
     corpus = read_corpus(folder / "corpus.jsonl")
