@@ -15,9 +15,12 @@ Decisions on messy input (tested in ``tests/test_beir_data.py``):
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import random
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,21 +78,43 @@ class RetrievalDataset:
         return RetrievalDataset(f"{self.name}-subsample", corpus, queries, qrels, self.domain)
 
 
+def utf8_lines(path: Path, opener=open) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 text file, read as a stream (``opener``: ``gzip.open`` for ``.gz``);
+    a line that is not UTF-8, or a compressed file that is broken, is a ``DataFormatError`` naming the file and
+    the line."""
+    lineno = 0
+    try:
+        with opener(path, "rb") as handle:
+            for lineno, raw in enumerate(handle, start=1):
+                try:
+                    yield lineno, raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataFormatError(f"{path}:{lineno}: not UTF-8 ({err.reason} at byte {err.start} of the "
+                                          "line)") from None  # fmt: skip
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise DataFormatError(f"{path}:{lineno + 1}: broken compressed file ({err})") from None
+
+
+def parse_json_line(line: str, path: Path, lineno: int, kind: str):
+    """One JSON value, or a ``DataFormatError`` naming the file and line (nesting too deep and numbers too long
+    to convert are malformed too)."""
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
+        raise DataFormatError(f"{path}:{lineno}: malformed JSON in {kind} file ({getattr(err, 'msg', err)})") from None
+
+
 def _read_jsonl(path: Path, kind: str) -> list[tuple[int, dict]]:
     rows: list[tuple[int, dict]] = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{path}:{lineno}: malformed JSON in {kind} file ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            if "_id" not in row:
-                raise DataFormatError(f"{path}:{lineno}: {kind} line has no '_id' field")
-            rows.append((lineno, row))
+    for lineno, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        row = parse_json_line(line, path, lineno, kind)
+        if not isinstance(row, dict):
+            raise DataFormatError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        if "_id" not in row:
+            raise DataFormatError(f"{path}:{lineno}: {kind} line has no '_id' field")
+        rows.append((lineno, row))
     return rows
 
 
@@ -130,24 +155,23 @@ def read_qrels(path: str | Path) -> Qrels:
     """Read a BEIR qrels TSV (``query-id corpus-id score``, header optional) with LF or CRLF endings."""
     path = Path(path)
     qrels: Qrels = {}
-    with path.open(encoding="utf-8", newline="") as handle:
-        for lineno, raw in enumerate(handle, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if lineno == 1 and fields[0].strip().lower() in {"query-id", "query_id", "qid"}:
-                continue
-            if len(fields) != 3:
-                raise DataFormatError(
-                    f"{path}:{lineno}: expected 3 tab-separated fields (query-id, corpus-id, score), got {len(fields)}"
-                )
-            qid, did, score = (f.strip() for f in fields)
-            try:
-                relevance = int(float(score))
-            except ValueError as err:
-                raise DataFormatError(f"{path}:{lineno}: relevance score {score!r} is not a number") from err
-            qrels.setdefault(qid, {})[did] = relevance
+    for lineno, raw in utf8_lines(path):
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if lineno == 1 and fields[0].strip().lower() in {"query-id", "query_id", "qid"}:
+            continue
+        if len(fields) != 3:
+            raise DataFormatError(
+                f"{path}:{lineno}: expected 3 tab-separated fields (query-id, corpus-id, score), got {len(fields)}"
+            )
+        qid, did, score = (f.strip() for f in fields)
+        try:
+            relevance = int(float(score))
+        except (ValueError, OverflowError) as err:
+            raise DataFormatError(f"{path}:{lineno}: relevance score {score!r} is not a number") from err
+        qrels.setdefault(qid, {})[did] = relevance
     return qrels
 
 

@@ -43,10 +43,16 @@ def read_squad(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no SQuAD file here; set RETRIEVAL_LAB_DATA or paths.data_root")
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataFormatError(f"{path}:{line}: not UTF-8 ({err.reason} at byte {err.start})") from None
     except json.JSONDecodeError as err:
         raise DataFormatError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from err
+    except (ValueError, RecursionError) as err:  # numbers too long to convert, nesting too deep
+        raise DataFormatError(f"{path}: malformed JSON ({err})") from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataFormatError(f"{path}: expected an object with a 'data' list of articles")
     for a, article in enumerate(data["data"]):
@@ -57,7 +63,10 @@ def read_squad(path: str | Path) -> list[dict]:
             context = para.get("context") if isinstance(para, dict) else None
             if not isinstance(context, str) or not context.strip():
                 raise DataFormatError(f"{where}.paragraphs[{p}]: paragraph has no 'context' text")
-            for q, qa in enumerate(para.get("qas", [])):
+            questions = para.get("qas", [])
+            if not isinstance(questions, list):
+                raise DataFormatError(f"{where}.paragraphs[{p}]: 'qas' must be a list of questions")
+            for q, qa in enumerate(questions):
                 _check_question(qa, context, f"{where}.paragraphs[{p}].qas[{q}]")
     return data["data"]
 
@@ -65,9 +74,18 @@ def read_squad(path: str | Path) -> list[dict]:
 def _check_question(qa: dict, context: str, where: str) -> None:
     if not isinstance(qa, dict) or not qa.get("id") or not str(qa.get("question") or "").strip():
         raise DataFormatError(f"{where}: a question needs an 'id' and non-empty 'question' text")
-    for answer in qa.get("answers") or []:
+    answers = qa.get("answers") or []
+    if not isinstance(answers, list) or not all(isinstance(a, dict) for a in answers):
+        raise DataFormatError(f"{where} (id {qa['id']}): 'answers' must be a list of objects")
+    for answer in answers:
         start, text = answer.get("answer_start"), answer.get("text")
-        if not isinstance(start, int) or not isinstance(text, str) or context[start : start + len(text)] != text:
+        if (
+            not isinstance(start, int)
+            or isinstance(start, bool)
+            or start < 0
+            or not isinstance(text, str)
+            or context[start : start + len(text)] != text
+        ):
             raise DataFormatError(f"{where} (id {qa['id']}): answer {text!r} is not at answer_start {start}")
 
 

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrieval_lab.data.beir import DataFormatError
+from retrieval_lab.data.beir import DataFormatError, utf8_lines
 
 log = logging.getLogger(__name__)
 STSB_SPLITS = ("train", "dev", "test")
@@ -58,11 +58,7 @@ def _pair(first: str, second: str, score: float, path: Path, line: int) -> StsPa
 def _lines(path: Path) -> list[str]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found; set RETRIEVAL_LAB_DATA or paths.data_root")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataFormatError(f"{path}: not UTF-8 ({err.reason} at byte {err.start})") from None
-    return text.replace("\r\n", "\n").split("\n")
+    return [line.rstrip("\r\n") for _, line in utf8_lines(path)]
 
 
 def read_stsb_split(path: str | Path) -> list[StsPair]:

@@ -21,7 +21,6 @@ Decisions on messy input (tested in ``tests/test_pretrain.py``):
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from retrieval_lab.data.beir import DataFormatError
+from retrieval_lab.data.beir import DataFormatError, parse_json_line, utf8_lines
 
 log = logging.getLogger(__name__)
 
@@ -150,37 +149,29 @@ def title_key(title: str) -> str:
     return " ".join(unquote(title).replace("_", " ").split()).casefold()
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
-
-
 def _read_articles(
     path: Path, skip: set[str], excluded_titles: set[str], max_articles: int | None, min_words: int
 ) -> tuple[dict[str, Article], dict[str, int]]:
     """Kept articles (parsed) and the line of every name in the file (to check the links file against)."""
     articles: dict[str, Article] = {}
     lines: dict[str, int] = {}
-    with _open_text(path) as handle:
-        for lineno, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{path}:{lineno}: malformed JSON in articles file ({err.msg})") from err
-            if not isinstance(row, dict) or "article" not in row or "text" not in row:
-                raise DataFormatError(f"{path}:{lineno}: expected an object with 'article' and 'text' fields")
-            name = str(row["article"])
-            if name in lines:
-                raise DataFormatError(f"{path}:{lineno}: duplicate article {name!r} (first seen on line {lines[name]})")
-            lines[name] = lineno
-            if not str(row["text"]).strip():
-                raise DataFormatError(f"{path}:{lineno}: article {name!r} has no text")
-            title = str(row.get("title") or name.replace("_", " "))
-            full = max_articles is not None and len(articles) >= max_articles
-            if name in skip or title_key(title) in excluded_titles or title_key(name) in excluded_titles or full:
-                continue
-            articles[name] = Article(name, title, parse_wikispeedia_text(str(row["text"]), min_words))
+    for lineno, raw in utf8_lines(path, gzip.open if path.suffix == ".gz" else open):
+        if not raw.strip():
+            continue
+        row = parse_json_line(raw, path, lineno, "articles")
+        if not isinstance(row, dict) or "article" not in row or "text" not in row:
+            raise DataFormatError(f"{path}:{lineno}: expected an object with 'article' and 'text' fields")
+        name = str(row["article"])
+        if name in lines:
+            raise DataFormatError(f"{path}:{lineno}: duplicate article {name!r} (first seen on line {lines[name]})")
+        lines[name] = lineno
+        if not str(row["text"]).strip():
+            raise DataFormatError(f"{path}:{lineno}: article {name!r} has no text")
+        title = str(row.get("title") or name.replace("_", " "))
+        full = max_articles is not None and len(articles) >= max_articles
+        if name in skip or title_key(title) in excluded_titles or title_key(name) in excluded_titles or full:
+            continue
+        articles[name] = Article(name, title, parse_wikispeedia_text(str(row["text"]), min_words))
     return articles, lines
 
 
@@ -188,22 +179,21 @@ def _read_links(path: Path, known: set[str], kept: dict[str, Article]) -> int:
     """Attach links to ``kept`` articles; names must be ``known`` (kept or deliberately dropped)."""
     count = 0
     seen: set[tuple[str, str]] = set()
-    with path.open(encoding="utf-8") as handle:
-        for lineno, raw in enumerate(handle, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip() or line.startswith("#"):
-                continue
-            fields = line.split("\t")
-            if len(fields) != 2:
-                raise DataFormatError(f"{path}:{lineno}: expected 2 tab-separated fields (source, target)")
-            for name in fields:
-                if name not in known:
-                    raise DataFormatError(f"{path}:{lineno}: unknown article {name!r} (not in the articles file)")
-            source, target = fields
-            if source in kept and target in kept and source != target and (source, target) not in seen:
-                seen.add((source, target))
-                kept[source].links.append(target)
-                count += 1
+    for lineno, raw in utf8_lines(path):
+        line = raw.rstrip("\r\n")
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise DataFormatError(f"{path}:{lineno}: expected 2 tab-separated fields (source, target)")
+        for name in fields:
+            if name not in known:
+                raise DataFormatError(f"{path}:{lineno}: unknown article {name!r} (not in the articles file)")
+        source, target = fields
+        if source in kept and target in kept and source != target and (source, target) not in seen:
+            seen.add((source, target))
+            kept[source].links.append(target)
+            count += 1
     return count
 
 

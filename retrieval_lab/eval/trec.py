@@ -18,11 +18,19 @@ def write_trec_run(run: Run, path: str | Path, tag: str = "retrieval_lab") -> Pa
 
 
 def read_trec_run(path: str | Path) -> Run:
+    """``{qid: {doc_id: score}}`` from a TREC run file; a malformed line is a ``DataFormatError`` naming it."""
+    from retrieval_lab.data.beir import DataFormatError, utf8_lines
+
     run: Run = {}
-    with Path(path).open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            fields = line.split()
-            if len(fields) != 6:
-                raise ValueError(f"{path}:{lineno}: expected 6 fields in a TREC run line, got {len(fields)}")
-            run.setdefault(fields[0], {})[fields[2]] = float(fields[4])
+    for lineno, line in utf8_lines(Path(path)):
+        fields = line.split()
+        if len(fields) != 6:
+            raise DataFormatError(f"{path}:{lineno}: expected 6 fields in a TREC run line, got {len(fields)}")
+        try:
+            score = float(fields[4])
+        except ValueError:
+            raise DataFormatError(f"{path}:{lineno}: score {fields[4]!r} is not a number") from None
+        if score != score:  # NaN ranks nowhere
+            raise DataFormatError(f"{path}:{lineno}: score is NaN")
+        run.setdefault(fields[0], {})[fields[2]] = score
     return run
