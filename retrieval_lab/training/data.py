@@ -8,9 +8,10 @@ checkpoint therefore sees exactly the batches an uninterrupted run would have se
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from retrieval_lab.data.beir import Document
 from retrieval_lab.models.base import Batch, Encoder
@@ -100,6 +101,41 @@ class EpochShuffleSampler(Sampler):
 
     def __len__(self) -> int:
         return self.num_batches * self.batch_size
+
+
+class ResumableLoader(DataLoader):
+    """A training loader that resumes mid-epoch exactly. The data module's checkpoint state records the batches
+    trained on (``ResumableData``); on resume, the first iteration makes the sampler skip those of the resumed
+    epoch. Lightning's own route (a loader ``state_dict``) does not work here: it builds the loader and would
+    hand back the state before restoring the loops whenever ``configure_optimizers`` reads
+    ``estimated_stepping_batches``, so the state was dropped and a resumed epoch replayed its first batches."""
+
+    def __init__(self, *args, resume: Callable[[], int | None] = lambda: None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._resume = resume
+
+    def __iter__(self):
+        if (done := self._resume()) is not None:
+            self.sampler.skip_batches(done)  # taken by the sampler's first batch, not by an iter() that reads none
+        return super().__iter__()
+
+
+class ResumableData:
+    """Mixin for a ``LightningDataModule`` whose loader is a ``ResumableLoader``: its checkpoint state holds the
+    batches trained on, handed to the loader once after a restore."""
+
+    _resume_batches: int | None = None
+
+    def resume_state(self) -> dict:
+        trainer = self.trainer
+        return {"batches_done": trainer.global_step * trainer.accumulate_grad_batches} if trainer else {}
+
+    def load_resume_state(self, state: dict) -> None:
+        self._resume_batches = state.get("batches_done")
+
+    def pop_resume(self) -> int | None:
+        done, self._resume_batches = self._resume_batches, None
+        return done
 
 
 class TrainingCollator:

@@ -17,7 +17,14 @@ from retrieval_lab.models.biencoder import BiEncoder
 from retrieval_lab.negatives.base import NegativeSampler
 from retrieval_lab.retrievers.bm25 import BM25Retriever
 from retrieval_lab.training.clusters import ORDERS, ClusterBatchSampler, ClusterOrders, bm25_svd_vectors
-from retrieval_lab.training.data import EpochShuffleSampler, TrainingCollator, TrainingExample, TrainingExamples
+from retrieval_lab.training.data import (
+    EpochShuffleSampler,
+    ResumableData,
+    ResumableLoader,
+    TrainingCollator,
+    TrainingExample,
+    TrainingExamples,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +50,7 @@ def dev_pool(dataset: RetrievalDataset, dev_qrels: dict, top_k: int, show_progre
     return RetrievalDataset(name=f"{dataset.name}-dev-pool", corpus=corpus, queries=queries, qrels={"dev": dev_qrels})
 
 
-class RetrievalDataModule(pl.LightningDataModule):
+class RetrievalDataModule(ResumableData, pl.LightningDataModule):
     """Loads the dataset in ``setup`` (never at construction), so config errors surface before any data is read.
 
     ``dataset`` is a callable returning a ``RetrievalDataset`` (the ``data`` config instantiated as a partial).
@@ -128,11 +135,13 @@ class RetrievalDataModule(pl.LightningDataModule):
         return ClusterBatchSampler(self.cluster_orders, len(self.train_data), self.batch_size, rank, world)
 
     def state_dict(self) -> dict:
-        return {"cluster_orders": self.cluster_orders.state_dict()} if self.cluster_orders is not None else {}
+        orders = {"cluster_orders": self.cluster_orders.state_dict()} if self.cluster_orders is not None else {}
+        return self.resume_state() | orders
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """A resumed run's cluster orders: applied when the loader is built (``train_dataloader``)."""
+        """A resumed run's cluster orders (applied when the loader is built) and its place in the epoch."""
         self._pending_orders = state_dict.get("cluster_orders")
+        self.load_resume_state(state_dict)
 
     def _split_dev(self, train_qrels: dict, dataset: RetrievalDataset) -> tuple[dict, dict]:
         if self.dev_split in dataset.qrels:
@@ -179,11 +188,9 @@ class RetrievalDataModule(pl.LightningDataModule):
         if (pending := getattr(self, "_pending_orders", None)) and self.cluster_orders is not None:
             self.cluster_orders.load_state_dict(pending)  # a resumed run: the orders (and clusters) it trained on
             self._pending_orders = None
-        if trainer is not None:
-            # A resumed run restores global_step before asking for the loader: skip what it already trained on.
-            sampler.skip_batches(trainer.global_step * trainer.accumulate_grad_batches)
-        return DataLoader(
+        return ResumableLoader(  # a resumed run skips what it already trained on (see ResumableLoader)
             self.train_data,
+            resume=self.pop_resume,
             batch_size=self.batch_size,
             sampler=sampler,
             collate_fn=self.collator,

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from retrieval_lab.data.sts import StsDataset, StsPair
 from retrieval_lab.models.base import Batch, Encoder
-from retrieval_lab.training.data import EpochShuffleSampler
+from retrieval_lab.training.data import EpochShuffleSampler, ResumableData, ResumableLoader
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class SentenceCollator:
         return {"queries": dict(self.tokenize(sentences, max_length=self.max_length))}  # (B, L)
 
 
-class SentenceDataModule(pl.LightningDataModule):
+class SentenceDataModule(ResumableData, pl.LightningDataModule):
     """``dataset`` loads an ``StsDataset`` (``data=stsb``); ``negatives`` must be in-batch (none are drawn)."""
 
     def __init__(
@@ -100,7 +100,12 @@ class SentenceDataModule(pl.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         sampler = EpochShuffleSampler(len(self.train_data), self.batch_size, self.seed, rank, world)
-        if trainer is not None:
-            sampler.skip_batches(trainer.global_step * trainer.accumulate_grad_batches)
-        return DataLoader(self.train_data, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collator,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)  # fmt: skip
+        return ResumableLoader(self.train_data, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collator,
+                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                               resume=self.pop_resume)  # fmt: skip
+
+    def state_dict(self) -> dict:
+        return self.resume_state()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.load_resume_state(state_dict)
