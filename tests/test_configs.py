@@ -186,9 +186,11 @@ def test_trainer_options_instantiate(compose_cfg, option):
     import torch
 
     cfg = compose_cfg([f"trainer={option}"])
+    assert cfg.retriever.device == ("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")  # evaluation follows
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():  # GPU presets, on a CPU machine:
-        strategy, plugins = instantiate(cfg.trainer.strategy), [instantiate(p) for p in cfg.trainer.plugins]
-        assert strategy.__class__.__name__ == "DDPStrategy" and plugins[0].auto_requeue  # their pieces build
+        if "strategy" in cfg.trainer:
+            strategy, plugins = instantiate(cfg.trainer.strategy), [instantiate(p) for p in cfg.trainer.plugins]
+            assert strategy.__class__.__name__ == "DDPStrategy" and plugins[0].auto_requeue  # their pieces build
         with pytest.raises(Exception, match="(?i)gpu|cuda"):  # and the Trainer says why it cannot run here
             instantiate(cfg.trainer, logger=False, precision="32-true")
         return
