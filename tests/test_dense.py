@@ -7,13 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 
+from retrieval_lab.data.beir import Document
 from retrieval_lab.index import encode
 from retrieval_lab.index.encode import bf16_copy, encode_texts, resolve_precision
 from retrieval_lab.index.faiss_index import FaissIndex
 from retrieval_lab.models.biencoder import BiEncoder
 from retrieval_lab.train import train
-from tests.conftest import TINY_BERT, TINY_CORPUS, TINY_MODEL_OVERRIDES
+from tests.conftest import TINY_BERT, TINY_CORPUS, TINY_MODEL_OVERRIDES, TINY_QUERIES
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +144,25 @@ def test_packaged_minilm_reproduces_mteb_on_scifact(compose_cfg, shared_data):
     )
     metrics = train(cfg)
     assert 0.635 <= metrics["test"]["ndcg@10"] <= 0.655  # MTEB reports 0.6451
+
+
+@pytest.mark.parametrize(("factory", "knob"), [("HNSW8", "ef_search"), ("IVF2,Flat", "nprobe")])
+def test_approximate_factories_take_their_search_parameters_from_the_config(compose_cfg, factory, knob):
+    import faiss
+
+    corpus = {d: Document(text=text, title=title) for d, (title, text) in TINY_CORPUS.items()}
+
+    def run(overrides):
+        cfg = compose_cfg(["retriever=dense", "retriever.show_progress=false", *TINY_MODEL_OVERRIDES, *overrides])
+        torch.manual_seed(0)  # the same random-init encoder for both runs
+        retriever = instantiate(cfg.retriever)
+        retriever.index(corpus)
+        return retriever, retriever.search(TINY_QUERIES, 3)
+
+    value = 2 if knob == "nprobe" else 64  # nprobe 2 of 2 lists and efSearch 64 over 6 documents: exhaustive
+    retriever, approximate = run([f"retriever.index_factory='{factory}'", f"retriever.{knob}={value}"])
+    index = retriever.faiss.index
+    set_value = faiss.extract_index_ivf(index).nprobe if knob == "nprobe" else index.hnsw.efSearch
+    assert set_value == value
+    _, exact = run([])
+    assert {q: list(d) for q, d in approximate.items()} == {q: list(d) for q, d in exact.items()}

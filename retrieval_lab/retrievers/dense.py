@@ -24,6 +24,8 @@ class DenseRetriever(Retriever):
         self,
         encoder: Encoder,
         index_factory: str = "Flat",
+        nprobe: int = 16,
+        ef_search: int = 128,
         batch_size: int = 64,
         query_batch_size: int = 256,
         precision: str = "auto",
@@ -34,13 +36,13 @@ class DenseRetriever(Retriever):
         self.encoder = encoder.to(device)
         self.cache = EmbeddingCache(cache_dir) if cache_dir else None
         resolve_precision(precision, torch.device(device))  # refuse a bad value before any encoding
-        self.index_factory = index_factory
+        self.index_factory, self.index_args = index_factory, {"nprobe": nprobe, "ef_search": ef_search}
         self.encode_args = {"precision": precision, "show_progress": show_progress, "device": device}
         self.batch_size, self.query_batch_size = batch_size, query_batch_size
         self.faiss: FaissIndex | None = None
         self.timings: dict[str, float] = {}
         # Build an empty index now so a bad factory string fails before any encoding.
-        FaissIndex(self._probe_dim(), index_factory)
+        FaissIndex(self._probe_dim(), index_factory, **self.index_args)
 
     def _probe_dim(self) -> int:
         with torch.inference_mode():
@@ -55,7 +57,7 @@ class DenseRetriever(Retriever):
             self.encoder.use_corpus(texts, self.batch_size)
         vectors = self._encode_corpus(list(corpus), texts)
         self.timings["encode_corpus_s"] = time.perf_counter() - start
-        self.faiss = FaissIndex(vectors.shape[1], self.index_factory)
+        self.faiss = FaissIndex(vectors.shape[1], self.index_factory, **self.index_args)
         self.faiss.add(vectors, list(corpus))
         log.info("Encoded %d documents in %.1fs", len(texts), self.timings["encode_corpus_s"])
 
