@@ -58,7 +58,12 @@ class Generator(ABC):
     to run several at once; each answer is cached the moment it arrives, so a run stopped half-way keeps what it
     paid for. ``timings`` counts generated answers, cache hits and seconds spent generating."""
 
-    def __init__(self, model: str, cache_dir: str | Path | None, temperature: float, max_tokens: int, seed: int):
+    def __init__(
+        self, model: str, cache_dir: str | Path | None, temperature: float, max_tokens: int, seed: int,
+        top_p: float = 1.0, system_prompt: str | None = None,
+    ) -> None:  # fmt: skip
+        if not 0 < top_p <= 1:
+            raise ValueError(f"generator.top_p must be in (0, 1], got {top_p}")
         if temperature < 0:
             raise ValueError(f"generator.temperature must be >= 0, got {temperature}")
         if max_tokens < 1:
@@ -66,13 +71,20 @@ class Generator(ABC):
         if not model:
             raise ValueError("generator.model is empty: name the model the backend serves or loads")
         self.model, self.temperature, self.max_tokens, self.seed = model, temperature, max_tokens, seed
+        self.top_p, self.system_prompt = top_p, system_prompt
         self.cache = GenerationCache(cache_dir) if cache_dir else None
         self.timings: dict[str, float] = {"generated": 0, "cache_hits": 0, "generation_s": 0.0}
 
     @property
     def settings(self) -> dict:
         """What changes an answer besides the prompt: part of every cache key."""
-        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed}
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed,
+                "top_p": self.top_p, "system_prompt": self.system_prompt}  # fmt: skip
+
+    def messages(self, prompt: str) -> list[dict]:
+        """The chat turns sent for ``prompt``: the system prompt if any, then the prompt as the user's."""
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return [*system, {"role": "user", "content": prompt}]
 
     def sample_seed(self, sample: int) -> int:
         """Sample ``i`` of every prompt uses seed ``seed + i``: samples differ, re-runs repeat."""

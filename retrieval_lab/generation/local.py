@@ -52,15 +52,13 @@ class TransformersGenerator(Generator):
             model, gguf_file = str(Path(model).parent), Path(model).name
         # the cache key names the file, not the folder it was installed into
         super().__init__(f"{Path(model).name}/{gguf_file}" if gguf_file else model, cache_dir, temperature,
-                         max_tokens, seed)  # fmt: skip
-        if not 0 < top_p <= 1:
-            raise ValueError(f"generator.top_p must be in (0, 1], got {top_p}")
+                         max_tokens, seed, top_p, system_prompt)  # fmt: skip
         if gguf_file and importlib.util.find_spec("gguf") is None:
             raise GenerationError("generator.gguf_file needs the gguf package: pip install gguf")
         if gguf_file and Path(model).is_dir() and not (Path(model) / gguf_file).is_file():
             raise GenerationError(f"{Path(model) / gguf_file}: no such GGUF file (generator.model, .gguf_file)")
         self.source, self.gguf_file, self.dtype = model, gguf_file, dtype
-        self.top_p, self.system_prompt, self.device = top_p, system_prompt, device
+        self.device = device
         self.lm = self.tokenizer = None  # loaded at the first uncached answer: a fully cached re-run loads nothing
 
     def _load(self) -> None:
@@ -75,16 +73,10 @@ class TransformersGenerator(Generator):
                                   f"{err}") from err  # fmt: skip
         self.lm = lm.to(self.device).eval()
 
-    @property
-    def settings(self) -> dict:
-        return {**super().settings, "top_p": self.top_p, "system_prompt": self.system_prompt}
-
     def _complete(self, prompt: str, sample: int) -> str:
         if self.lm is None:
             self._load()
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages.append({"role": "user", "content": prompt})
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+        ids = self.tokenizer.apply_chat_template(self.messages(prompt), add_generation_prompt=True, return_tensors="pt",
                                                  return_dict=True).to(self.device)  # fmt: skip
         sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
         with torch.inference_mode(), torch.random.fork_rng(devices=[]):  # the global RNG is left as it was

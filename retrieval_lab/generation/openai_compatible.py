@@ -43,7 +43,7 @@ class OpenAIGenerator(Generator):
         system_prompt: str | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:
-        super().__init__(model, cache_dir, temperature, max_tokens, seed)
+        super().__init__(model, cache_dir, temperature, max_tokens, seed, top_p, system_prompt)
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"generator.base_url must be an http(s) URL, got {base_url!r}")
         if max_concurrency < 1 or retries < 0 or timeout_s <= 0 or backoff_s < 0:
@@ -51,10 +51,7 @@ class OpenAIGenerator(Generator):
                 "generator.max_concurrency must be >= 1, generator.retries >= 0, generator.timeout_s > 0 and "
                 f"generator.backoff_s >= 0; got {max_concurrency}, {retries}, {timeout_s}, {backoff_s}"
             )
-        if not 0 < top_p <= 1:
-            raise ValueError(f"generator.top_p must be in (0, 1], got {top_p}")
         self.url = base_url.rstrip("/") + "/chat/completions"
-        self.top_p, self.system_prompt = top_p, system_prompt
         self.max_concurrency, self.retries, self.backoff_s = max_concurrency, retries, backoff_s
         key = os.environ.get(api_key_env) if api_key_env else None
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -62,16 +59,10 @@ class OpenAIGenerator(Generator):
         self.in_flight = self.max_in_flight = self.requests = 0
         self.client = httpx.Client(timeout=httpx.Timeout(timeout_s), headers=headers)
 
-    @property
-    def settings(self) -> dict:
-        return {**super().settings, "top_p": self.top_p, "system_prompt": self.system_prompt}
-
     def _body(self, prompt: str, sample: int) -> dict:
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages.append({"role": "user", "content": prompt})
         return {
-            "model": self.model, "messages": messages, "temperature": self.temperature, "top_p": self.top_p,
-            "max_tokens": self.max_tokens, "seed": self.sample_seed(sample), "n": 1,
+            "model": self.model, "messages": self.messages(prompt), "temperature": self.temperature,
+            "top_p": self.top_p, "max_tokens": self.max_tokens, "seed": self.sample_seed(sample), "n": 1,
         }  # fmt: skip
 
     def _post(self, body: dict) -> httpx.Response:
