@@ -323,16 +323,14 @@ class AsyncIndexRefresh(SyncIndexRefresh):
 
     def _kill_hung(self) -> dict:
         """The inferencer outlived ``timeout_s``: kill it and report where its heartbeat says it was."""
-        job, process = self.job, self.process
-        process.kill()
-        process.join()
-        self.process = None
+        job = self.job
+        self.stop()  # kills and joins the process, removes its snapshot
         heartbeat = inferencer.read_heartbeat(job)
         where = "no heartbeat: it never started its work"
         if heartbeat:
             where = f"last heartbeat: {heartbeat['phase']!r}, {time.time() - heartbeat['time']:.0f} s before"
-        for leftover in (Path(job.snapshot), job.status_path, job.heartbeat_path):
-            leftover.unlink(missing_ok=True)
+        job.status_path.unlink(missing_ok=True)
+        job.heartbeat_path.unlink(missing_ok=True)
         tables.prune(job.table_dir, self.version)  # a table it may have begun
         return {"ok": False, "version": job.version, "step": job.step,
                 "error": f"no result within index_refresh.timeout_s={self.timeout_s} s, killed ({where})"}  # fmt: skip

@@ -72,8 +72,8 @@ class RetrievalDataset:
             qrels[split] = {q: judged[q] for q in kept}
         needed = {d for judged in qrels.values() for docs in judged.values() for d in docs}
         others = sorted(set(self.corpus) - needed)
-        extra = rng.sample(others, max(0, min(len(others), corpus_size - len(needed))))
-        corpus = {d: doc for d, doc in self.corpus.items() if d in needed or d in set(extra)}
+        kept_docs = needed | set(rng.sample(others, max(0, min(len(others), corpus_size - len(needed)))))
+        corpus = {d: doc for d, doc in self.corpus.items() if d in kept_docs}
         queries = {q: t for q, t in self.queries.items() if any(q in judged for judged in qrels.values())}
         return RetrievalDataset(f"{self.name}-subsample", corpus, queries, qrels, self.domain)
 

@@ -125,7 +125,8 @@ class Generator(ABC):
             try:
                 self._complete_many([(prompts[i], s) for i, s in todo], done)
             finally:
-                self.timings["generation_s"] += time.perf_counter() - start
-            log.info("generated %d answers in %.1fs (%d from the cache)", len(todo), self.timings["generation_s"],
-                     self.timings["cache_hits"])  # fmt: skip
+                took = time.perf_counter() - start
+                self.timings["generation_s"] += took
+            log.info("generated %d answers in %.1fs (%d from the cache)", len(todo), took,
+                     len(prompts) * n - len(todo))  # fmt: skip
         return answers  # type: ignore[return-value]

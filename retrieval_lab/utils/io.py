@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
+import functools
 import json
 import os
 import shutil
@@ -46,25 +46,24 @@ def write_json(path: str | Path, obj) -> Path:
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
 
+@functools.cache
 def _renameat2():
+    """libc's ``renameat2`` (glibc >= 2.28), looked up at the first folder replacement, or None."""
     if not sys.platform.startswith("linux"):
         return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    func = getattr(libc, "renameat2", None)  # glibc >= 2.28
+    func = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # the process's own libc
     if func is not None:
         func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     return func
 
 
-_RENAMEAT2 = _renameat2()
-
-
 def exchange_paths(a: str | Path, b: str | Path) -> bool:
     """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
     system or file system cannot (then nothing was changed)."""
-    if _RENAMEAT2 is None:
+    renameat2 = _renameat2()
+    if renameat2 is None:
         return False
-    if _RENAMEAT2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
