@@ -83,5 +83,6 @@ def test_two_ddp_ranks_download_once_and_both_load(zip_server, tmp_path):
                 capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert CountingHandler.requests == ["/tinyzip.zip"]  # one download for the two ranks
-    log = (run_dir / "train.log").read_text() + done.stderr
-    assert "downloaded by another process" in log  # a rank waited for the lock, then loaded the same folder
+    # both ranks ran (and so loaded the dataset: the run fails otherwise) on the one download; whether the second
+    # rank waited on the lock or arrived after it was released is timing, so the log line saying so is not asserted
+    assert "MEMBER: 1/2" in done.stderr and "MEMBER: 2/2" in done.stderr
