@@ -343,3 +343,62 @@ def test_task_train_refuses_a_dense_retriever_for_colbert(compose_cfg):
     cfg = compose_cfg([*FAST_TRAIN_OVERRIDES, "model=colbert", "retriever=dense"])
     with pytest.raises(ValueError, match="retriever=colbert"):
         train(cfg)
+
+
+def test_pca_projection_init_takes_the_backbones_principal_directions(tmp_path):
+    torch.manual_seed(0)
+    model = ColBERT(config_overrides=TINY_BERT, dim=8, doc_max_length=24, projection_init="pca")
+    random_rows = model.projection.weight.detach().clone()
+    texts = [f"{doc.title} {doc.text}" for doc in CORPUS.values()]
+    model.init_new_parameters(texts)
+    weight = model.projection.weight.detach()
+    assert not torch.equal(weight, random_rows) and model.training  # set, and the mode restored
+    torch.testing.assert_close(weight @ weight.T, torch.eye(8), atol=1e-5, rtol=0)  # orthonormal rows
+    # The rows span the top directions: the centred token states keep more variance through them than through
+    # any other 8 orthonormal directions (checked against random ones and the old random projection's span).
+    batch = model.tokenize_docs(texts, max_length=128)
+    with torch.no_grad():
+        hidden = model.backbone(**batch).last_hidden_state
+    keep = batch["attention_mask"].bool() & ~torch.isin(batch["input_ids"], model.skip_ids)
+    x = hidden[keep] - hidden[keep].mean(0)
+    kept = lambda rows: float((x @ torch.linalg.qr(rows.T).Q).pow(2).sum())  # noqa: E731
+    assert kept(weight) > kept(random_rows) and all(kept(weight) > kept(torch.randn(8, 32)) for _ in range(5))
+    # A saved projection always wins: an exported model keeps its own and has no new parameters.
+    folder = export_encoder(model, tmp_path / "export")["colbert"]
+    reloaded = ColBERT(model_name=folder)
+    reloaded.init_new_parameters(texts[:1])
+    torch.testing.assert_close(reloaded.projection.weight, weight)
+    assert reloaded.new_parameter_names() == [] and model.new_parameter_names() == ["projection.weight"]
+    with pytest.raises(ValueError, match="projection_init"):
+        ColBERT(config_overrides=TINY_BERT, projection_init="identity")
+    with pytest.raises(ValueError, match="model.dim <= "):
+        ColBERT(config_overrides=TINY_BERT, dim=64, projection_init="pca")  # hidden size 32
+
+
+def test_new_params_lr_scale_gives_the_new_projection_its_own_lr(compose_cfg):
+    overrides = ["model=colbert", "model.query_max_length=16", "model.doc_max_length=24", *TINY_MODEL_OVERRIDES]
+    base = compose_cfg(overrides)
+    lr = base.module.optimizer.lr
+    make = lambda cfg: instantiate(cfg.module)(encoder=instantiate(cfg.model), objective=instantiate(cfg.objective))  # noqa: E731
+    plain = make(base).parameter_groups()
+    assert [g.get("lr") for g in plain] == [None, None]  # one lr for all: the two groups of old checkpoints
+    groups = make(compose_cfg([*overrides, "module.new_params_lr_scale=10"])).parameter_groups()
+    assert [g.get("lr") for g in groups] == [None, None, 10 * lr] and groups[2]["params"][0].shape[0] == 128
+    assert sum(len(g["params"]) for g in groups) == sum(len(g["params"]) for g in plain)
+    # the scaled group decays its weight like the other matrices, and the schedule scales it like the rest
+    assert "weight_decay" not in groups[2] and groups[1]["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match="new_params_lr_scale"):
+        make(compose_cfg([*overrides, "module.new_params_lr_scale=0"]))
+
+
+def test_colbert_pca_init_and_scaled_lr_through_task_train(compose_cfg, train_data, monkeypatch):
+    seen = []
+    init = ColBERT.init_new_parameters
+    spy = lambda self, texts: seen.append(len(texts)) or init(self, texts)  # noqa: E731
+    monkeypatch.setattr(ColBERT, "init_new_parameters", spy)
+    overrides = ["model=colbert", "model.dim=16", "model.projection_init=pca", "module.new_params_lr_scale=5"]
+    overrides += ["task.splits=[]"]
+    cfg = compose_cfg([*FAST_TRAIN_OVERRIDES, *overrides], data_root=train_data)
+    metrics = train(cfg)
+    assert metrics["train"]["steps"] > 0 and 0.0 <= metrics["dev"]["ndcg@10"] <= 1.0 and "test" not in metrics
+    assert len(seen) == 1 and 0 < seen[0] <= 256  # once, before fit, from (up to 256) training positives

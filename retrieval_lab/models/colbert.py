@@ -33,7 +33,11 @@ DEFAULTS = {
     "doc_marker": "[unused1]",
     "attend_to_mask_tokens": False,
     "skip_punctuation": True,
+    # the projection of a model that has none yet: "random" (nn.Linear's init) or "pca" (the top principal
+    # directions of the backbone's document token states, set from training documents when training starts)
+    "projection_init": "random",
 }
+PROJECTION_INITS = ("random", "pca")
 
 
 def saved_settings(model_name: str) -> dict:
@@ -61,6 +65,7 @@ class ColBERT(Encoder):
         doc_marker: str | None = None,
         attend_to_mask_tokens: bool | None = None,
         skip_punctuation: bool | None = None,
+        projection_init: str | None = None,
         config_overrides: dict | None = None,
     ) -> None:
         super().__init__()
@@ -71,13 +76,20 @@ class ColBERT(Encoder):
                 raise ValueError(f"model.{key} must be at least 4 ([CLS], marker, a token, [SEP])")
         if self.settings["dim"] < 1:
             raise ValueError(f"model.dim must be positive, got {self.settings['dim']}")
+        if self.settings["projection_init"] not in PROJECTION_INITS:
+            raise ValueError(f"model.projection_init must be one of {PROJECTION_INITS}, got "
+                             f"{self.settings['projection_init']!r}")  # fmt: skip
         self.tokenizer = load_tokenizer(model_name)
         self.backbone = load_backbone(model_name, config_overrides)
         self.query_marker_id = self._marker_id(self.settings["query_marker"])
         self.doc_marker_id = self._marker_id(self.settings["doc_marker"])
         self.projection = nn.Linear(self.backbone.config.hidden_size, self.settings["dim"], bias=False)
+        if self.settings["projection_init"] == "pca" and self.settings["dim"] > self.backbone.config.hidden_size:
+            raise ValueError(f"model.projection_init=pca needs model.dim <= the backbone's hidden size "
+                             f"{self.backbone.config.hidden_size}, got {self.settings['dim']}")  # fmt: skip
         weights = Path(resolve_model_path(model_name)) / PROJECTION_FILE
-        if weights.is_file() and not config_overrides:
+        self.projection_loaded = weights.is_file() and not config_overrides
+        if self.projection_loaded:
             self._load_projection(weights)
         self.query_max_length = int(self.settings["query_max_length"])
         self.doc_max_length = int(self.settings["doc_max_length"])
@@ -101,6 +113,37 @@ class ColBERT(Encoder):
                 f"{tuple(self.projection.weight.shape)}: leave model.dim at null to use the saved one"
             )
         self.projection.weight.data.copy_(weight)
+
+    def new_parameter_names(self) -> list[str]:
+        """Parameters no checkpoint gave values to (the projection of a plain encoder), for
+        ``module.new_params_lr_scale``."""
+        return [] if self.projection_loaded else ["projection.weight"]
+
+    def init_new_parameters(self, texts: Sequence[str], max_length: int = 128, batch_size: int = 32) -> None:
+        """With ``projection_init=pca`` and no saved projection: set the projection's rows to the top ``dim``
+        principal directions (orthonormal) of the backbone's last hidden states over ``texts``' document tokens
+        (punctuation and padding left out), so the untrained 128-d token vectors keep as much of the backbone's
+        token geometry as ``dim`` directions can. A no-op otherwise."""
+        if self.projection_loaded or self.settings["projection_init"] != "pca":
+            return
+        if not texts:
+            raise ValueError("model.projection_init=pca needs training documents to take the directions from")
+        was_training, device = self.training, self.projection.weight.device
+        self.eval()
+        states = []
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenize_docs(texts[start : start + batch_size], max_length=max_length)
+                ids, attention = batch["input_ids"].to(device), batch["attention_mask"].to(device).bool()
+                hidden = self.backbone(input_ids=ids, attention_mask=attention.long()).last_hidden_state  # (B, L, H)
+                states.append(hidden[attention & ~torch.isin(ids, self.skip_ids)].float())  # (tokens, H)
+            x = torch.cat(states)  # (N, H)
+            if x.shape[0] < self.settings["dim"]:
+                raise ValueError(f"model.projection_init=pca: {x.shape[0]} token states from {len(texts)} "
+                                 f"documents cannot give {self.settings['dim']} directions")  # fmt: skip
+            _, _, vh = torch.linalg.svd(x - x.mean(dim=0), full_matrices=False)  # rows: principal directions
+            self.projection.weight.copy_(vh[: self.settings["dim"]].to(self.projection.weight.dtype))
+        self.train(was_training)
 
     def _punctuation_ids(self) -> list[int]:
         """Vocabulary ids of the punctuation symbols that tokenize to a single token (ColBERT's skiplist)."""

@@ -62,10 +62,15 @@ class RetrievalModule(pl.LightningModule):
         warmup_ratio: float = 0.1,
         seed: int = 0,
         grad_cache: dict | None = None,
+        new_params_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if not 0 <= warmup_ratio < 1:
             raise ValueError(f"module.warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        if not (isinstance(new_params_lr_scale, int | float) and new_params_lr_scale > 0):
+            raise ValueError(f"module.new_params_lr_scale must be a positive number, got {new_params_lr_scale!r}")
+        if new_params_lr_scale != 1 and "lr" not in getattr(optimizer, "keywords", {}):
+            raise ValueError("module.new_params_lr_scale scales module.optimizer.lr, which is not set")
         chunk = (grad_cache or {}).get("chunk_size")
         if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
             raise ValueError(f"module.grad_cache.chunk_size must be a positive integer or null, got {chunk!r}")
@@ -75,7 +80,7 @@ class RetrievalModule(pl.LightningModule):
         if chunk is not None:
             self.automatic_optimization = False  # the step back-propagates chunk by chunk (training/grad_cache.py)
         self.encoder, self.objective, self.optimizer_factory = encoder, objective, optimizer
-        self.warmup_ratio, self.seed = warmup_ratio, seed
+        self.warmup_ratio, self.seed, self.new_params_lr_scale = warmup_ratio, seed, float(new_params_lr_scale)
         if hasattr(objective, "bind"):  # objectives built around the encoder (SG-OPT's frozen copy)
             objective.bind(encoder)
         self.train()  # from_pretrained returns eval-mode modules; Lightning keeps modes, and dropout is wanted
@@ -142,12 +147,37 @@ class RetrievalModule(pl.LightningModule):
         """Examples in ``batch``, for logging; subclasses with other batch kinds (MLM) override it."""
         return batch["queries"]["input_ids"].shape[0]
 
-    def configure_optimizers(self):
-        decay, no_decay = [], []
+    def setup(self, stage: str) -> None:
+        """Before fit (and before a checkpoint is restored over it): encoders with freshly initialised layers
+        may set them from training documents (ColBERT's ``model.projection_init=pca``)."""
+        init = getattr(self.encoder, "init_new_parameters", None)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data = getattr(datamodule, "train_data", None)
+        if stage != "fit" or init is None or not (hasattr(data, "examples") and hasattr(data, "corpus")):
+            return
+        order = torch.randperm(len(data.examples), generator=torch.Generator().manual_seed(self.seed))[:256]
+        init([data.corpus[data.examples[i].positives[0]].full_text() for i in order.tolist()])
+
+    def parameter_groups(self) -> list[dict]:
+        """AdamW's groups: no weight decay on biases and LayerNorm weights (as BERT fine-tuning); with
+        ``new_params_lr_scale`` != 1, the encoder's new parameters (``new_parameter_names``: ColBERT's random
+        projection) in groups of their own at lr x that scale."""
+        scaled = self.new_params_lr_scale != 1
+        new = {f"encoder.{n}" for n in getattr(self.encoder, "new_parameter_names", list)()} if scaled else set()
+        groups: dict[tuple[bool, bool], list] = {}
         for name, param in self.named_parameters():
             if param.requires_grad:
-                (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
-        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+                groups.setdefault((name in new, param.ndim < 2 or "LayerNorm" in name), []).append(param)
+        out = []
+        for is_new, no_decay in sorted(groups):  # (old, decay), (old, no decay), then the new ones
+            group = {"params": groups[is_new, no_decay]} | ({"weight_decay": 0.0} if no_decay else {})
+            if is_new:
+                group["lr"] = self.optimizer_factory.keywords["lr"] * self.new_params_lr_scale
+            out.append(group)
+        return out
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameter_groups())
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total) or total < 1:
             raise ValueError("set trainer.max_steps or trainer.max_epochs: the schedule needs a finite length")
