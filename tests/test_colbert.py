@@ -214,6 +214,28 @@ def test_end_to_end_search_matches_exact_maxsim(tiny_colbert, tmp_path):
     assert loaded.search(q, 5, per_token=len(tokens))[1] == ids and loaded.nbytes == index.nbytes > tokens.nbytes
 
 
+def test_end_to_end_candidates_are_the_query_tokens_nearest_tokens(tiny_colbert):
+    """With few candidates per token, end to end is not exact by construction: its candidates are the documents of
+    each query token's nearest token vectors (brute force here), ranked by exact MaxSim among themselves only."""
+    tokens, lengths = encode_token_vectors(tiny_colbert, [d.full_text() for d in CORPUS.values()], show_progress=False)
+    index = MultiVectorIndex(16, "IVF4,Flat", nprobe=4)  # every list visited: the nearest tokens are exact
+    index.add(tokens, lengths, list(CORPUS))
+    owner = np.repeat(np.arange(len(CORPUS)), lengths)  # (T,) the document of each token vector
+    stored = index.tokens.astype(np.float32)
+    retriever = ColbertRetriever(tiny_colbert, mode="end_to_end", show_progress=False)
+    narrower = 0
+    for q in retriever.query_vectors(list(QUERIES.values())):
+        nearest = np.argsort(-(q @ stored.T), axis=1, kind="stable")[:, :2]  # (Lq, 2)
+        expected = np.unique(owner[nearest])
+        assert np.array_equal(index.candidates(q, per_token=2), expected)
+        narrower += len(expected) < len(CORPUS)
+        scores, ids = index.search(q, 3, per_token=2)
+        top_scores, top_rows = index.rerank(q, expected, 3)
+        assert ids == [index.ids[r] for r in top_rows] and np.allclose(scores, top_scores)
+        assert set(ids) <= {index.ids[r] for r in expected}
+    assert narrower > 0  # the candidate step did leave documents out
+
+
 def test_batched_exact_scores_match_one_query_at_a_time(tiny_colbert):
     index = MultiVectorIndex(16, build_ann=False)
     index.add(*encode_token_vectors(tiny_colbert, [d.full_text() for d in CORPUS.values()], show_progress=False),
