@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
+import torch
 from omegaconf import OmegaConf
 
 import retrieval_lab
@@ -56,14 +57,14 @@ def _train_positives() -> dict[str, set[str]]:
 def _spy_on_draws(monkeypatch) -> list[tuple[int | None, str, list[str]]]:
     """Record (table version in use, query, negatives) for every example the data pipeline builds."""
     drawn: list = []
-    real = AnnNegatives.sample
+    real = AnnNegatives.draw
 
-    def spy(self, qid, positives, rng):
-        out = real(self, qid, positives, rng)
-        drawn.append((self.version, qid, out))
+    def spy(self, table, qid, positives, rng):
+        out = real(self, table, qid, positives, rng)
+        drawn.append((None if table is None else table.version, qid, out))
         return out
 
-    monkeypatch.setattr(AnnNegatives, "sample", spy)
+    monkeypatch.setattr(AnnNegatives, "draw", spy)
     return drawn
 
 
@@ -223,6 +224,61 @@ def test_sampler_warms_up_then_follows_the_newest_table(tmp_path, monkeypatch):
     assert set(sampler.sample("q1", {"d1"}, random.Random(0))) <= {"d5", "d6", "d4"}  # checked < 60 s ago
     clock[0] += 61
     assert set(sampler.sample("q1", {"d1"}, random.Random(0))) <= {"d2", "d3", "d4"} and sampler.version == 2
+
+
+def test_under_a_schedule_each_batch_takes_the_table_of_its_step(tmp_path, monkeypatch):
+    """index_refresh=sync every 2 steps: batch g uses the newest table mined at a step <= g - 1 (what one process
+    sees, Lightning fetching one batch ahead); a worker waits for a table that is due but not out yet, the
+    training process itself refuses to (it would wait forever)."""
+    corpus = {d: Document(title, text) for d, (title, text) in TINY_CORPUS.items()}
+    folder = tmp_path / "tables"
+    sampler = AnnNegatives(folder, warmup=RandomNegatives(1), num_negatives=1, top_k=1, poll_seconds=0)
+    sampler.prepare(corpus, {"q1": "aspirin"}, {"q1": {"d1"}})
+    sampler.follow_schedule(2)
+    tables.publish(folder, 1, {"q1": ["d2"]}, meta={"step": 2})
+    tables.publish(folder, 2, {"q1": ["d3"]}, meta={"step": 4})
+    chosen = {g: getattr(sampler.table_for_batch(g), "version", None) for g in range(6)}
+    assert chosen == {0: None, 1: None, 2: None, 3: 1, 4: 1, 5: 2}  # batches 3-4 after step 2's refresh, ...
+    assert sampler.sample_at("q1", {"d1"}, random.Random(0), 4) == ["d2"]  # not the newest table (d3)
+    with pytest.raises(RuntimeError, match="refresh at step 6"):
+        sampler.table_for_batch(7)  # due after step 6, not published, and this is no worker
+    monkeypatch.setattr("retrieval_lab.negatives.ance.torch_worker", lambda: SimpleNamespace(id=0))
+    timer = threading.Timer(0.3, lambda: tables.publish(folder, 3, {"q1": ["d4"]}, meta={"step": 6}))
+    timer.start()
+    started = time.monotonic()
+    assert sampler.sample_at("q1", {"d1"}, random.Random(0), 7) == ["d4"] and time.monotonic() - started >= 0.25
+    timer.join()
+    sampler.follow_schedule(2, accumulate=2)  # two batches a step: the refresh after step 2 ends batch 3
+    assert [getattr(sampler.table_for_batch(g), "version", None) for g in (4, 5, 8, 9)] == [None, 1, 1, 2]
+
+
+class RecordBatches(pl.Callback):
+    def __init__(self) -> None:
+        self.docs: list = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.docs.append(batch["docs"]["input_ids"].clone())
+
+
+def test_table_switches_do_not_depend_on_the_number_of_workers(compose_cfg, train_data, tmp_path):
+    # Refreshes after steps 2, 4 and 6; two workers fetch up to four batches ahead, so with switches by the clock
+    # the batches after a refresh were built from the old table where one process used the new one.
+    runs = []
+    for workers in (0, 2):
+        overrides = [
+            *ANCE,
+            f"datamodule.num_workers={workers}",
+            "+callbacks.record._target_=tests.test_ance.RecordBatches",
+        ]
+        cfg = compose_cfg([*overrides, f"paths.output_dir={tmp_path / f'w{workers}'}"], data_root=train_data)
+        torch.manual_seed(0)  # the tiny model's random init (train() seeds; fit() alone does not)
+        result, _ = fit(cfg)
+        record = next(cb for cb in result.callbacks if isinstance(cb, RecordBatches))
+        folder = Path(cfg.paths.output_dir) / "ance_tables"
+        runs.append((record.docs, [tables.load(folder, v).negatives for v in (1, 2, 3)]))
+    (docs0, tables0), (docs2, tables2) = runs
+    assert len(docs0) == len(docs2) == 8 and tables0 == tables2
+    assert all(torch.equal(a, b) for a, b in zip(docs0, docs2, strict=True))
 
 
 # --- the refresh ----------------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ def test_sampler_serves_each_rank_its_share_of_every_global_batch():
     orders = ClusterOrders(lambda: vectors, global_batch=8, seed=0)
     ranks = [list(ClusterBatchSampler(orders, 32, 4, rank, 2)) for rank in (0, 1)]
     order = orders(0)
-    assert [i for _, i in ranks[0][:4]] + [i for _, i in ranks[1][:4]] == order[:8]
+    assert [i for _, i, _ in ranks[0][:4]] + [i for _, i, _ in ranks[1][:4]] == order[:8]
+    assert [b for _, _, b in ranks[0]] == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4  # global batch numbers
     assert orders.state_dict()["orders"]["0"] == order
 
 

@@ -31,7 +31,8 @@ class SyncIndexRefresh(pl.Callback):
     as the next table version in ``table_dir``, which ``negatives=ance`` reads. Under DDP every rank encodes a
     shard of the corpus, rank 0 gathers the vectors, mines once and broadcasts the result. No refresh runs
     after the last step, where nothing would use it. The one batch Lightning has already prefetched when a
-    refresh ends still carries the previous table's negatives.
+    refresh ends still carries the previous table's negatives; the sampler switches by batch number (``setup``
+    hands it the schedule), so data-loader workers, which build batches further ahead, switch at the same batch.
 
     Logged per refresh under ``index_refresh/``: the version, seconds to encode / index / mine, the mean rank
     of the positives over the whole corpus and the share ranked within ``top_k``, the overlap of the new
@@ -71,6 +72,14 @@ class SyncIndexRefresh(pl.Callback):
         }  # fmt: skip
         self.version, self.last_step = 0, 0
         self.history: list[dict] = []
+
+    steps_known = True  # tables come out at known steps: the sampler switches by batch number, not by the clock
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Before the data loaders (and their workers) exist: tell the sampler when tables will come."""
+        sampler = getattr(trainer.datamodule, "negatives", None)
+        if self.steps_known and isinstance(sampler, AnnNegatives):
+            sampler.follow_schedule(self.every_n_steps, trainer.accumulate_grad_batches)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         sampler = self._sampler = trainer.datamodule.negatives
@@ -211,6 +220,8 @@ class AsyncIndexRefresh(SyncIndexRefresh):
     ``device``: where the inferencer encodes; null picks the trainer's device, or the last GPU where there
     are several (so it does not share the trainer's). ``num_threads``: its CPU threads (null: torch's default).
     """
+
+    steps_known = False  # a table comes whenever the inferencer finishes: the sampler polls for it
 
     def __init__(
         self,

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from pathlib import Path
+
+from torch.utils.data import get_worker_info as torch_worker
 
 from retrieval_lab.data.beir import Document
 from retrieval_lab.negatives import table as tables
@@ -23,6 +26,12 @@ class AnnNegatives(NegativeSampler):
     small ``LATEST`` file) and swaps it in between two examples; the index refresh callback also calls
     ``reload`` right after publishing. Nothing else is cached, so every example after the swap sees the new
     table, in the training process and in each data-loader worker alike.
+
+    Under ``index_refresh=sync`` the switch follows the step, not the clock: the refresh calls ``follow_schedule``
+    and an example of global batch ``g`` uses the newest table published at a step <= (g - 1) // accumulation,
+    which is what a single process sees (Lightning fetches one batch ahead, so the batch after a refresh was
+    fetched before it). A data-loader worker building a batch before its table is out waits for it, so every
+    ``num_workers`` trains on the same negatives. Async refreshes switch whenever the inferencer finishes.
     """
 
     def __init__(
@@ -54,6 +63,12 @@ class AnnNegatives(NegativeSampler):
         self.top_k, self.poll_seconds = top_k, poll_seconds
         self.table: tables.NegativesTable | None = None
         self._checked_at = float("-inf")
+        self.schedule: tuple[int, int] | None = None  # (refresh every n steps, batches per step) under sync
+        self._loaded: dict[int, tuple[int, tables.NegativesTable]] = {}  # version -> (file mtime, table)
+
+    def follow_schedule(self, every_n_steps: int | None, accumulate: int = 1) -> None:
+        """Tables are published after every ``every_n_steps`` optimizer steps (index_refresh=sync); None: never."""
+        self.schedule = None if every_n_steps is None else (int(every_n_steps), int(accumulate))
 
     @property
     def version(self) -> int | None:
@@ -82,8 +97,61 @@ class AnnNegatives(NegativeSampler):
             self.reload()
         return self.table
 
+    def _load(self, version: int) -> tables.NegativesTable:
+        """Table ``version``, read once per file (a resumed run may prune a version and publish it anew)."""
+        mtime = tables.table_path(self.table_dir, version).stat().st_mtime_ns
+        if version not in self._loaded or self._loaded[version][0] != mtime:
+            self._loaded = {v: t for v, t in self._loaded.items() if v > version - 3}  # a few recent ones
+            self._loaded[version] = (mtime, tables.load(self.table_dir, version))
+        return self._loaded[version][1]
+
+    def _newest_by(self, step: int) -> tuple[tables.NegativesTable | None, int]:
+        """The newest published table mined at a step <= ``step`` (a table without a step, published before
+        training, counts as mined before it), and the step of the newest table published at all."""
+        newest = tables.latest_version(self.table_dir)
+        chosen, newest_step = None, -1
+        for version in range(newest or 0, 0, -1):
+            if not tables.table_path(self.table_dir, version).exists():
+                break
+            table = self._load(version)
+            table_step = int(table.meta.get("step", -1))
+            newest_step = max(newest_step, table_step)
+            if table_step <= step:
+                chosen = table
+                break
+        return chosen, newest_step
+
+    def table_for_batch(self, batch: int) -> tables.NegativesTable | None:
+        """Under ``follow_schedule``: the table of global batch ``batch`` (see the class docstring), waiting in a
+        data-loader worker until the refresh that precedes the batch has published it."""
+        every, accumulate = self.schedule
+        step = (batch - 1) // accumulate  # the last refresh this batch follows ran after this step (-1: none)
+        due = every * (step // every) if step >= every else 0
+        parent, waited = os.getppid(), time.monotonic()
+        while True:
+            table, newest_step = self._newest_by(step)
+            if due == 0 or newest_step >= due:
+                return table
+            if torch_worker() is None:
+                raise RuntimeError(f"batch {batch} needs the negatives table of the refresh at step {due}, which "
+                                   f"{self.table_dir} does not hold: was the refresh skipped?")  # fmt: skip
+            if os.getppid() != parent:
+                raise RuntimeError("the training process is gone while this data-loader worker waited for a table")
+            if time.monotonic() - waited > 60:
+                log.info("batch %d waits for the refresh at step %d (%s)", batch, due, self.table_dir)
+                waited = time.monotonic()
+            time.sleep(0.05)
+
+    def sample_at(self, qid: str, positives: set[str], rng: random.Random, batch: int | None) -> list[str]:
+        if self.schedule is None or batch is None:
+            return self.sample(qid, positives, rng)
+        return self.draw(self.table_for_batch(batch), qid, positives, rng)
+
     def sample(self, qid: str, positives: set[str], rng: random.Random) -> list[str]:
-        table = self._current()
+        return self.draw(self._current(), qid, positives, rng)
+
+    def draw(self, table: tables.NegativesTable | None, qid: str, positives: set[str], rng: random.Random) -> list[str]:
+        """``num_negatives`` from ``table``'s top ``top_k`` for ``qid`` (the warm-up sampler's while None)."""
         if table is None:
             return self.warmup.sample(qid, positives, rng)
         if qid not in table.negatives:

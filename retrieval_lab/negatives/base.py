@@ -24,6 +24,11 @@ class NegativeSampler(ABC):
     @abstractmethod
     def sample(self, qid: str, positives: set[str], rng: random.Random) -> list[str]: ...
 
+    def sample_at(self, qid: str, positives: set[str], rng: random.Random, batch: int | None) -> list[str]:
+        """``sample`` for an example of global batch ``batch`` (counted from 0 over the whole run; None where
+        unknown). Samplers whose pool changes during training (ANN tables) choose it by the batch."""
+        return self.sample(qid, positives, rng)
+
     def random_docs(self, n: int, exclude: set[str], rng: random.Random) -> list[str]:
         """``n`` distinct corpus ids outside ``exclude``, uniformly at random."""
         if len(self.doc_ids) - len(exclude) < n:

@@ -92,7 +92,7 @@ def pack(assignment: np.ndarray, centroids: np.ndarray, global_batch: int, order
 
 
 class ClusterBatchSampler(EpochShuffleSampler):
-    """Yields ``(epoch, index)`` keys of this rank's share of each global batch, in the order ``order_of(epoch)``
+    """Yields ``(epoch, index, batch)`` keys of this rank's share of each global batch, in the order ``order_of(epoch)``
     gives (one list of example indices per epoch, whole global batches); resume as ``EpochShuffleSampler``."""
 
     def __init__(self, order_of: Callable[[int], list[int]], num_examples: int, batch_size: int, rank: int = 0,
@@ -105,7 +105,8 @@ class ClusterBatchSampler(EpochShuffleSampler):
         skip, self._skip = self._skip, 0
         for b in range(skip, len(order) // (self.batch_size * self.world_size)):
             start = (b * self.world_size + self.rank) * self.batch_size
-            yield from ((self.epoch, i) for i in order[start : start + self.batch_size])
+            batch = self.epoch * self.num_batches + b  # counted over the whole run
+            yield from ((self.epoch, i, batch) for i in order[start : start + self.batch_size])
 
 
 class ClusterOrders:

@@ -37,7 +37,7 @@ class TrainingExample:
 
 
 class TrainingExamples(Dataset):
-    """Indexed by ``(epoch, i)`` keys from ``EpochShuffleSampler``; returns the texts of one training example."""
+    """Indexed by ``(epoch, i[, batch])`` keys from ``EpochShuffleSampler``; returns one training example's texts."""
 
     def __init__(
         self,
@@ -53,12 +53,12 @@ class TrainingExamples(Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        epoch, index = key
+    def __getitem__(self, key: tuple[int, int] | tuple[int, int, int]) -> dict:
+        epoch, index, *batch = key  # the samplers add the global batch number (ANN tables are chosen by it)
         example = self.examples[index]
         rng = random.Random(f"{self.seed}:{epoch}:{index}")
         positive = rng.choice(example.positives)
-        negative_ids = self.negatives.sample(example.qid, example.excluded, rng)
+        negative_ids = self.negatives.sample_at(example.qid, example.excluded, rng, batch[0] if batch else None)
         return {
             "query": self.queries[example.qid],
             "positive": self.corpus[positive].full_text(),
@@ -69,9 +69,10 @@ class TrainingExamples(Dataset):
 
 
 class EpochShuffleSampler(Sampler):
-    """Yields ``(epoch, index)`` keys: a (seed, epoch) permutation cut into whole global batches, this rank's
-    share of each. ``set_epoch`` is called by Lightning at every epoch start; ``skip_batches`` drops the
-    batches a resumed run already trained on (once, for the epoch it resumes in).
+    """Yields ``(epoch, index, batch)`` keys: a (seed, epoch) permutation cut into whole global batches, this rank's
+    share of each; ``batch`` counts global batches over the whole run (epoch x batches per epoch + b).
+    ``set_epoch`` is called by Lightning at every epoch start; ``skip_batches`` drops the batches a resumed run
+    already trained on (once, for the epoch it resumes in).
     """
 
     def __init__(self, num_examples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
@@ -97,7 +98,8 @@ class EpochShuffleSampler(Sampler):
         skip, self._skip = self._skip, 0
         for b in range(skip, self.num_batches):
             start = (b * self.world_size + self.rank) * self.batch_size
-            yield from ((self.epoch, i) for i in order[start : start + self.batch_size])
+            batch = self.epoch * self.num_batches + b  # counted over the whole run
+            yield from ((self.epoch, i, batch) for i in order[start : start + self.batch_size])
 
     def __len__(self) -> int:
         return self.num_batches * self.batch_size
