@@ -35,6 +35,9 @@ def train(cfg: DictConfig) -> dict:
     """Run ``cfg.task`` on a composed config; returns the metrics it wrote to ``metrics.json``."""
     seed_everything(cfg.seed)
     output_dir = Path(cfg.paths.output_dir)
+    if (run_dir := cfg.task.get("run_dir")) and Path(run_dir).resolve() == output_dir.resolve():
+        raise ValueError(f"task.run_dir={run_dir} is this command's own output folder (paths.output_dir), whose "
+                         "config.yaml it would overwrite: give the command a folder of its own")  # fmt: skip
     atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     write_json(output_dir / "run_info.json", run_info())  # the commit and package versions behind the numbers
     task = instantiate(cfg.task)

@@ -266,3 +266,30 @@ def test_every_run_records_its_commit_and_package_versions(compose_cfg, tmp_path
         assert info["git"]["commit"] == head and isinstance(info["git"]["dirty"], bool)
     assert info["packages"]["torch"] == torch.__version__
     assert {"transformers", "pytorch-lightning", "hydra-core"} <= set(info["packages"]) and info["python"]
+
+
+def test_task_test_reads_test_once_from_a_dev_only_run(compose_cfg, train_data, tmp_path):
+    """Choose on dev (task.splits=[]), then task=test: the same test figures a run that read test at once gets."""
+    dev_only = train(compose_cfg([*FAST_TRAIN_OVERRIDES, "task.splits=[]"], data_root=train_data))
+    run_dir = tmp_path / "out"
+    assert "test" not in dev_only and not (run_dir / "per_query.test.json").exists()
+    test_cfg = compose_cfg(["task=test", f"task.run_dir={run_dir}", f"paths.output_dir={tmp_path / 'test'}"])
+    tested = train(test_cfg)
+    direct = train(
+        compose_cfg([*FAST_TRAIN_OVERRIDES, f"paths.output_dir={tmp_path / 'direct'}"], data_root=train_data)
+    )
+    assert tested["test"] == direct["test"] and tested["dev"] == dev_only["dev"] == direct["dev"]
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["test"] == tested["test"] and saved["test_run"]["checkpoint"] == dev_only["train"]["best_checkpoint"]
+    assert (run_dir / "per_query.test.json").read_text() == (tmp_path / "direct" / "per_query.test.json").read_text()
+    with pytest.raises(ValueError, match="read once per configuration"):
+        train(test_cfg)
+    again = train(compose_cfg(["task=test", f"task.run_dir={run_dir}", f"paths.output_dir={tmp_path / 'again'}",
+                               "task.force=true"]))  # fmt: skip
+    assert again["test"] == tested["test"]
+    config = (run_dir / "config.yaml").read_text()
+    for run, message in ((tmp_path / "missing", "no config.yaml"), (run_dir, "own output folder")):
+        out = run_dir if run == run_dir else tmp_path / "x"
+        with pytest.raises(ValueError, match=message):
+            train(compose_cfg(["task=test", f"task.run_dir={run}", f"paths.output_dir={out}"]))
+    assert (run_dir / "config.yaml").read_text() == config  # refused before anything was written there
