@@ -9,8 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from retrieval_lab.models.biencoder import BiEncoder
+from retrieval_lab.models.colbert import ColBERT
 from retrieval_lab.objectives.infonce import InfoNCE
+from retrieval_lab.objectives.pairwise import PairwiseSoftmax, pairwise_softmax_loss
 from retrieval_lab.objectives.surrogate import SurrogateFilter
+from retrieval_lab.objectives.tct import TCTDistill, tct_kd_loss
 from tests.conftest import TINY_BERT
 
 QUERIES = ["aspirin heart attacks", "vitamin c colds", "smoking aspirin cancer"]
@@ -72,6 +75,39 @@ def test_infonce_with_a_surrogate_drops_the_masked_columns_from_the_loss():
         and float(filtered.masked_share) == pytest.approx(2 / 9)
         and filtered.needs_batch
     )
+
+
+def test_pairwise_with_a_surrogate_drops_a_hard_negative_that_copies_the_positive():
+    # B = 3 positives, then one hard negative per query: query 0's is a copy of its positive under another id
+    encoder, _ = _setup()
+    docs = [*DOCS, "aspirin lowers heart attack risk", "smoking", "vitamin c does not prevent colds"]
+    batch = {"queries": dict(encoder.tokenize_queries(QUERIES)), "docs": dict(encoder.tokenize_docs(docs))}
+    q, d = encoder.encode_queries(batch["queries"]), encoder.encode_docs(batch["docs"])
+    filtered = PairwiseSoftmax(temperature=0.1, mask_false_negatives=False, surrogate=SurrogateFilter(BagOfWords()))
+    filtered.bind(encoder)
+    loss = filtered(q, d, encoder.score, batch=batch)
+    all_scores = encoder.score(q, d)  # (3, 6)
+    by_hand = torch.stack([all_scores[i, [i, 3 + i]] for i in range(3)])  # (3, 2): own positive, own negative
+    by_hand[0, 1] = float("-inf")  # only the copy: rows 1 and 2 keep their negatives, no other column is scored
+    assert torch.allclose(loss, pairwise_softmax_loss(by_hand, 0.1), atol=1e-6)
+    plain = PairwiseSoftmax(temperature=0.1, mask_false_negatives=False)(q, d, encoder.score)
+    assert not torch.allclose(loss, plain) and float(filtered.masked_share) == pytest.approx(1 / 6)
+
+
+def test_tct_with_a_surrogate_drops_the_copy_from_both_softmaxes():
+    encoder, batch = _setup()
+    torch.manual_seed(1)
+    teacher = ColBERT(config_overrides=TINY_BERT, dim=16).eval()
+    q, d = encoder.encode_queries(batch["queries"]), encoder.encode_docs(batch["docs"])
+    distill = TCTDistill(teacher, temperature=0.5, mask_false_negatives=False, surrogate=SurrogateFilter(BagOfWords()))
+    distill.bind(encoder)
+    loss = distill(q, d, encoder.score, batch=batch)
+    mask = torch.zeros(3, 3, dtype=torch.bool)
+    mask[0, 2] = mask[2, 0] = True
+    expected = tct_kd_loss(encoder.score(q, d), distill.teacher_scores(batch), 0.5, mask=mask)
+    assert torch.allclose(loss, expected, atol=1e-6)
+    plain = TCTDistill(teacher, temperature=0.5, mask_false_negatives=False)(q, d, encoder.score, batch=batch)
+    assert not torch.allclose(loss, plain) and float(distill.masked_share) == pytest.approx(2 / 9)
 
 
 def test_a_training_run_filters_with_a_configured_surrogate(compose_cfg, train_data):

@@ -9,7 +9,7 @@ from torch import nn
 from torch.distributed.nn.functional import all_gather
 
 from retrieval_lab.objectives.masking import MaskedShare, gather_keys
-from retrieval_lab.objectives.surrogate import SurrogateFilter
+from retrieval_lab.objectives.surrogate import SurrogateFilter, require_surrogate_inputs
 
 
 def infonce_loss(scores: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -76,8 +76,7 @@ class InfoNCE(MaskedShare, nn.Module):
             columns = gather_keys if self.gather_across_ranks else None
             mask = self.false_negatives(labels, targets, "infonce", columns)  # (B, world * B * (1 + n))
         if self.surrogate is not None:
-            if batch is None or self._tokenizer is None:
-                raise RuntimeError("objective.surrogate needs the batch and the bound encoder's tokenizer")
+            require_surrogate_inputs(batch, self._tokenizer, "infonce")
             if not self.gather_across_ranks and dist.is_available() and dist.is_initialized():
                 raise ValueError("objective.surrogate scores every rank's documents: keep gather_across_ranks=true")
             filtered = self.surrogate.mask(batch, targets, self._tokenizer).to(scores.device)  # (B, world * N)

@@ -13,6 +13,11 @@ from retrieval_lab.models.base import Batch, Encoder
 from retrieval_lab.objectives.masking import gather_no_grad
 
 
+def require_surrogate_inputs(batch, tokenizer, objective: str) -> None:
+    if batch is None or tokenizer is None:
+        raise RuntimeError(f"objective={objective} with a surrogate needs the batch and the bound encoder's tokenizer")
+
+
 class SurrogateFilter(nn.Module):
     """``mask(batch, targets)``: (B, N) True where a column must leave its row's softmax. The surrogate re-tokenizes
     the batch for itself (decoding the trained model's ids), is frozen and stays in eval mode."""
@@ -31,18 +36,21 @@ class SurrogateFilter(nn.Module):
         return self
 
     @torch.no_grad()
-    def scores(self, batch: dict[str, Batch], tokenizer) -> torch.Tensor:
-        """The surrogate's (B, world * N) scores of this rank's queries against every rank's documents."""
+    def scores(self, batch: dict[str, Batch], tokenizer, gather: bool = True) -> torch.Tensor:
+        """The surrogate's (B, world * N) scores of this rank's queries against every rank's documents (``gather``;
+        else (B, N) against this rank's, for objectives that score their own batch only)."""
         device = next(self.model.parameters()).device
         vectors = []
         for side, tokenize, encode in (("queries", self.model.tokenize_queries, self.model.encode_queries),
                                        ("docs", self.model.tokenize_docs, self.model.encode_docs)):  # fmt: skip
             texts = tokenizer.batch_decode(batch[side]["input_ids"], skip_special_tokens=True)
             vectors.append(encode({k: v.to(device) for k, v in tokenize(texts).items()}))
-        return self.model.score(vectors[0], gather_no_grad(vectors[1]))  # (B, world * N)
+        return self.model.score(vectors[0], gather_no_grad(vectors[1]) if gather else vectors[1])  # (B, world * N)
 
-    def mask(self, batch: dict[str, Batch], targets: torch.Tensor, tokenizer) -> torch.Tensor:
-        scores = self.scores(batch, tokenizer)  # (B, world * N)
+    def mask(self, batch: dict[str, Batch], targets: torch.Tensor, tokenizer, gather: bool = True) -> torch.Tensor:
+        """(B, world * N) (or (B, N) without ``gather``) True where a document leaves the row's softmax; ``targets``
+        (B,) are the rows' positive columns, never filtered."""
+        scores = self.scores(batch, tokenizer, gather)  # (B, world * N)
         rows = torch.arange(len(targets), device=scores.device)
         positive = scores[rows, targets.to(scores.device)]  # (B,)
         # where the surrogate scores the positive at or below 0 it has no opinion on the row: nothing is filtered

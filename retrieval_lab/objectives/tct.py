@@ -10,6 +10,7 @@ from torch import nn
 
 from retrieval_lab.models.base import Batch, Encoder
 from retrieval_lab.objectives.masking import MaskedShare
+from retrieval_lab.objectives.surrogate import SurrogateFilter, require_surrogate_inputs
 
 
 def tct_kd_loss(
@@ -50,7 +51,8 @@ class TCTDistill(MaskedShare, nn.Module):
     on their own, for a student whose scores live on another scale (cosines against MaxSim sums). ``ce_weight``
     mixes in the supervised InfoNCE term on the student's scores: ``(1 - w) * KL + w * CE``. Each rank distils
     over its own batch (nothing is gathered across ranks). With ``mask_false_negatives`` a document relevant to
-    a row's query (other than its positive) leaves both softmaxes and the CE term.
+    a row's query (other than its positive) leaves both softmaxes and the CE term; so does a document a
+    ``surrogate`` (CDE's filter) scores at least ``threshold`` x the row's positive.
     """
 
     needs_batch = True  # RetrievalModule passes the tokenized batch
@@ -62,9 +64,10 @@ class TCTDistill(MaskedShare, nn.Module):
         ce_weight: float = 0.0,
         teacher_temperature: float | None = None,
         mask_false_negatives: bool = True,
+        surrogate: SurrogateFilter | None = None,
     ) -> None:
         super().__init__()
-        self.mask_false_negatives = mask_false_negatives
+        self.mask_false_negatives, self.surrogate, self._tokenizer = mask_false_negatives, surrogate, None
         for key, value in (("temperature", temperature), ("teacher_temperature", teacher_temperature)):
             if value is not None and not value > 0:
                 raise ValueError(f"objective.{key} must be > 0, got {value}")
@@ -73,6 +76,9 @@ class TCTDistill(MaskedShare, nn.Module):
         self.teacher = teacher.requires_grad_(False).eval()
         self.temperature, self.ce_weight = float(temperature), float(ce_weight)
         self.teacher_temperature = None if teacher_temperature is None else float(teacher_temperature)
+
+    def bind(self, encoder) -> None:
+        self._tokenizer = getattr(encoder, "tokenizer", None)  # the student's, to decode the batch for the surrogate
 
     def train(self, mode: bool = True) -> TCTDistill:
         super().train(mode)
@@ -108,6 +114,11 @@ class TCTDistill(MaskedShare, nn.Module):
             raise ValueError(f"teacher scores {tuple(teacher.shape)} do not match the student's {tuple(student.shape)}")
         targets = torch.arange(q.shape[0], device=q.device)  # (B,) positives come first
         mask = self.false_negatives(labels, targets, "tct_distill") if self.mask_false_negatives else None  # (B, N)
+        if self.surrogate is not None:
+            require_surrogate_inputs(batch, self._tokenizer, "tct_distill")
+            filtered = self.surrogate.mask(batch, targets, self._tokenizer, gather=False).to(student.device)  # (B, N)
+            mask = filtered if mask is None else mask | filtered
+            self.masked_share = mask.float().mean().detach()
         loss = tct_kd_loss(student, teacher, self.temperature, self.teacher_temperature, mask)  # ()
         if self.ce_weight:
             logits = student if mask is None else student.masked_fill(mask, float("-inf"))  # (B, N)
