@@ -35,9 +35,13 @@ def test_every_group_has_options():
 
 
 @pytest.mark.parametrize("option", options("data"))
-def test_data_options_instantiate(compose_cfg, option):
+def test_data_options_instantiate(compose_cfg, option, tmp_path):
     if option == "beir":
         cfg = compose_cfg(["data=beir", "data.name=tiny"])
+    elif option == "ir_datasets":  # a collection registered from local files (no download here)
+        from tests.test_ir_datasets import register_local, splits_override
+
+        cfg = compose_cfg(["data=ir_datasets", splits_override(register_local(tmp_path / "irds"))])
     else:  # presets name a real dataset: read it from RETRIEVAL_LAB_DATA, skipping (saying why) where unset
         root = os.environ.get("RETRIEVAL_LAB_DATA")
         if not root:
