@@ -42,6 +42,11 @@ def test_data_options_instantiate(compose_cfg, option, tmp_path):
         from tests.test_ir_datasets import register_local, splits_override
 
         cfg = compose_cfg(["data=ir_datasets", splits_override(register_local(tmp_path / "irds"))])
+    elif option == "jsonl":  # a researcher's own files
+        from tests.test_jsonl_data import write_tiny_jsonl
+
+        files = write_tiny_jsonl(tmp_path / "mine")
+        cfg = compose_cfg(["data=jsonl", f"data.train_file={files['train']}", f"data.test_file={files['test']}"])
     else:  # presets name a real dataset: read it from RETRIEVAL_LAB_DATA, skipping (saying why) where unset
         root = os.environ.get("RETRIEVAL_LAB_DATA")
         if not root:

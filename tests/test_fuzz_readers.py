@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from retrieval_lab.data.beir import DataFormatError, read_corpus, read_qrels, read_queries
+from retrieval_lab.data.jsonl import load_jsonl
 from retrieval_lab.data.squad import read_squad
 from retrieval_lab.data.sts import read_sick, read_stsb_split
 from retrieval_lab.data.wiki import load_wikispeedia
@@ -202,3 +203,16 @@ def test_fuzzing_reaches_both_outcomes():
 @pytest.fixture(autouse=True)
 def _clean_tmp(monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # every example's folder under pytest's tmp_path
+
+
+JSONL_TRAIN_LINES = [
+    json.dumps({"query": "what lowers risk", "positives": ["Aspirin lowers risk."], "negatives": ["Rain."]}).encode(),
+    json.dumps({"id": "q7", "query": "vitamin c", "positives": [{"title": "C", "text": "Vitamin C."}]}).encode(),
+    json.dumps({"query": "aspirin", "positives": ["Aspirin lowers risk."], "negatives": [{"text": "Snow."}]}).encode(),
+]
+
+
+@FUZZ
+@given(corrupted(JSONL_TRAIN_LINES))
+def test_fuzz_jsonl_training_data(data):
+    loads_or_names_the_file(lambda path: load_jsonl(train_file=str(path)), _dir() / "train.jsonl", data)

@@ -54,6 +54,7 @@ class RetrievalDataset:
     queries: dict[str, str]
     qrels: dict[str, Qrels] = field(default_factory=dict)
     domain: str = "passage"  # what a document is called in LLM prompts (LameR, HyDE): "scientific paper passage"
+    hard_negatives: dict[str, list[str]] | None = None  # negatives a dataset comes with (data=jsonl), per query
 
     def split_queries(self, split: str) -> dict[str, str]:
         """The queries judged in ``split``, in file order."""
@@ -75,7 +76,9 @@ class RetrievalDataset:
         kept_docs = needed | set(rng.sample(others, max(0, min(len(others), corpus_size - len(needed)))))
         corpus = {d: doc for d, doc in self.corpus.items() if d in kept_docs}
         queries = {q: t for q, t in self.queries.items() if any(q in judged for judged in qrels.values())}
-        return RetrievalDataset(f"{self.name}-subsample", corpus, queries, qrels, self.domain)
+        given = None if self.hard_negatives is None else {
+            q: [d for d in ds if d in kept_docs] for q, ds in self.hard_negatives.items() if q in queries}  # fmt: skip
+        return RetrievalDataset(f"{self.name}-subsample", corpus, queries, qrels, self.domain, given)
 
 
 def utf8_lines(path: Path, opener=open) -> Iterator[tuple[int, str]]:

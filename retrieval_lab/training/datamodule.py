@@ -166,6 +166,8 @@ class RetrievalDataModule(ResumableData, pl.LightningDataModule):
         if not positives:
             raise ValueError(f"no {self.train_split} query has a document with relevance >= {self.min_relevance}")
         queries = {q: dataset.queries[q] for q in positives}
+        if hasattr(self.negatives, "use_dataset"):  # negatives=given: the dataset's own hard negatives
+            self.negatives.use_dataset(dataset)
         self.negatives.prepare(dataset.corpus, queries, positives)
         relevant = positives_of(train_qrels, 1)  # every judged-relevant document is masked as a negative
         examples = [TrainingExample(q, tuple(sorted(positives[q])), tuple(sorted(relevant[q])),
