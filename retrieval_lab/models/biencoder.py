@@ -10,6 +10,7 @@ from torch import nn
 
 from retrieval_lab.models.backbone import load_backbone, load_tokenizer
 from retrieval_lab.models.base import Batch, Encoder, HFTokenized
+from retrieval_lab.models.st_recipe import apply_recipe
 from retrieval_lab.scoring.dense import cosine_scores, dot_scores
 
 POOLINGS = ("mean", "cls")
@@ -32,29 +33,39 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)  # (B, H)
 
 
+DEFAULTS = {"pooling": "mean", "normalize": True, "query_max_length": 64, "doc_max_length": 256, "query_prefix": "",
+            "doc_prefix": ""}  # fmt: skip
+
+
 class BiEncoder(HFTokenized, Encoder):
     """Query and document towers over a Hugging Face encoder.
 
     ``model_name`` is any Hugging Face name or path, or ``all-MiniLM-L6-v2`` for the packaged copy.
     ``config_overrides`` builds a randomly initialised model of that architecture instead (tests, small
-    from-scratch models).
+    from-scratch models). Settings left at None come from a sentence-transformers checkpoint's own recipe
+    (``models/st_recipe.py``: pooling, normalisation, maximum length, prompts), else from ``DEFAULTS``.
     """
 
     def __init__(
         self,
         model_name: str = "all-MiniLM-L6-v2",
-        pooling: str = "mean",
-        normalize: bool = True,
+        pooling: str | None = None,
+        normalize: bool | None = None,
         shared: bool = True,
         projection_dim: int | None = None,
         similarity: str = "dot",
-        query_max_length: int = 64,
-        doc_max_length: int = 256,
-        query_prefix: str = "",
-        doc_prefix: str = "",
+        query_max_length: int | None = None,
+        doc_max_length: int | None = None,
+        query_prefix: str | None = None,
+        doc_prefix: str | None = None,
         config_overrides: dict | None = None,
     ) -> None:
         super().__init__()
+        given = {k: v for k, v in locals().items() if k in DEFAULTS}
+        settings = apply_recipe(model_name, given, DEFAULTS)
+        pooling, normalize = settings["pooling"], settings["normalize"]
+        query_max_length, doc_max_length = settings["query_max_length"], settings["doc_max_length"]
+        query_prefix, doc_prefix = settings["query_prefix"], settings["doc_prefix"]
         if pooling not in POOLINGS:
             raise ValueError(f"model.pooling must be one of {POOLINGS}, got {pooling!r}")
         if similarity not in SIMILARITIES:
