@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -197,7 +198,7 @@ def test_trainer_options_instantiate(compose_cfg, option):
     cfg = compose_cfg([f"trainer={option}"])
     assert cfg.retriever.device == ("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")  # evaluation follows
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():  # GPU presets, on a CPU machine:
-        if "strategy" in cfg.trainer:
+        if cfg.trainer.strategy != "auto":  # the DDP presets configure one (the schema's default is "auto")
             strategy, plugins = instantiate(cfg.trainer.strategy), [instantiate(p) for p in cfg.trainer.plugins]
             assert strategy.__class__.__name__ == "DDPStrategy" and plugins[0].auto_requeue  # their pieces build
         with pytest.raises(Exception, match="(?i)gpu|cuda"):  # and the Trainer says why it cannot run here
@@ -241,3 +242,22 @@ def test_negatives_sweep_is_one_multirun():
     sweep = OmegaConf.load(CONF / "experiment" / "dpr_scifact_negatives.yaml")
     assert sweep.hydra.mode == "MULTIRUN"
     assert sweep.hydra.sweeper.params.negatives.split(",") == ["in_batch", "random", "bm25"]
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("retriever.k1=abc", "retriever.k1"),
+    ("model.query_max_length=abc", "model.query_max_length"),
+    ("model.normalize=maybe", "model.normalize"),
+    ("datamodule.batch_size=1.5", "datamodule.batch_size"),
+    ("module.warmup_ratio=fast", "module.warmup_ratio"),
+    ("trainer.max_epochs=x", "trainer.max_epochs"),
+    ("retriever.dense.nprobe=many", "retriever.dense.nprobe"),
+])  # fmt: skip
+def test_a_wrong_type_fails_at_composition_naming_the_key(compose_cfg, override, key):
+    from hydra.errors import ConfigCompositionException
+
+    choose = {"retriever.k1": ["retriever=bm25"], "retriever.dense.nprobe": ["retriever=hybrid"]}.get(key, [])
+    with pytest.raises(ConfigCompositionException, match=re.escape(key)) as caught:
+        compose_cfg([*choose, override])
+    assert "could not be converted" in str(caught.value.__cause__) or "Value" in str(caught.value.__cause__)
+    compose_cfg([*choose, override.split("=")[0] + "=7"] if key != "model.normalize" else [*choose, f"{key}=false"])
