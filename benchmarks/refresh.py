@@ -27,7 +27,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from retrieval_lab.callbacks.index_refresh import SyncIndexRefresh
-from retrieval_lab.train import fit
+from retrieval_lab.training.fit import fit
 
 
 def write_subset(root: Path, num_docs: int, seed: int) -> Path:

@@ -1,4 +1,4 @@
-from retrieval_lab.train import main
+from retrieval_lab.main import main
 
 if __name__ == "__main__":
     main()

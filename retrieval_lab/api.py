@@ -65,7 +65,7 @@ def evaluate(run: Run, qrels: Mapping[str, Mapping[str, int]], metrics: Sequence
 def run_experiment(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> dict:
     """Compose the lab's config with ``overrides`` (as on the command line) and run it; returns its metrics.
     Outputs go to ``output_dir`` (a fresh temporary folder where None)."""
-    from retrieval_lab.train import train
+    from retrieval_lab.main import train
 
     folder = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp(prefix="retrieval_lab-"))
     GlobalHydra.instance().clear()

@@ -22,7 +22,8 @@ from retrieval_lab.negatives import table as tables
 from retrieval_lab.negatives.ance import AnnNegatives
 from retrieval_lab.negatives.base import NegativeSampler
 from retrieval_lab.negatives.random import RandomNegatives
-from retrieval_lab.train import fit, make
+from retrieval_lab.training.fit import fit
+from retrieval_lab.utils.instantiate import make
 from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_CORPUS, TINY_MODEL_OVERRIDES, TRAIN_QRELS
 
 CONF = Path(retrieval_lab.__file__).parent / "conf"
@@ -48,6 +49,11 @@ class FailAtStep(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             raise RuntimeError(f"stopped at step {self.step}")
+
+
+def load_latest(folder: Path) -> tables.NegativesTable | None:
+    version = tables.latest_version(folder)
+    return None if version is None else tables.load(folder, version)
 
 
 def _train_positives() -> dict[str, set[str]]:
@@ -77,10 +83,10 @@ def _refresh_callback(result) -> SyncIndexRefresh:
 
 def test_publish_load_latest_and_versions_only_grow(tmp_path):
     folder = tmp_path / "tables"
-    assert tables.load_latest(folder) is None and tables.latest_version(folder) is None
+    assert load_latest(folder) is None and tables.latest_version(folder) is None
     tables.publish(folder, 1, {"q1": ["d2", "d3"]}, {"step": 10})
     tables.publish(folder, 2, {"q1": ["d3"]}, {"step": 20})
-    latest = tables.load_latest(folder)
+    latest = load_latest(folder)
     assert (latest.version, latest.negatives, latest.meta) == (2, {"q1": ["d3"]}, {"step": 20})
     assert tables.load(folder, 1).negatives == {"q1": ["d2", "d3"]}
     with pytest.raises(ValueError, match="not newer than the latest"):
@@ -88,9 +94,9 @@ def test_publish_load_latest_and_versions_only_grow(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["LATEST", "table-v00001.json", "table-v00002.json"]
 
     assert tables.prune(folder, 1) == [2]
-    assert tables.load_latest(folder).version == 1 and not tables.table_path(folder, 2).exists()
+    assert load_latest(folder).version == 1 and not tables.table_path(folder, 2).exists()
     tables.publish(folder, 2, {"q1": ["d4"]})  # a resumed run publishes the next version again
-    assert tables.prune(folder, 0) == [1, 2] and tables.load_latest(folder) is None
+    assert tables.prune(folder, 0) == [1, 2] and load_latest(folder) is None
 
 
 def _poll(folder: Path, num_queries: int, stop: threading.Event) -> tuple[set[int], list[str]]:
@@ -102,7 +108,7 @@ def _poll(folder: Path, num_queries: int, stop: threading.Event) -> tuple[set[in
     while True:
         last = stop.is_set()
         try:
-            table = tables.load_latest(folder)
+            table = load_latest(folder)
         except (ValueError, OSError) as err:  # JSONDecodeError is a ValueError
             bad.append(repr(err)[:80])
             table = None

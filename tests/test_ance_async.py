@@ -17,7 +17,7 @@ from retrieval_lab.models.biencoder import BiEncoder
 from retrieval_lab.negatives import inferencer
 from retrieval_lab.negatives import table as tables
 from retrieval_lab.negatives.mining import encode_corpus
-from retrieval_lab.train import fit
+from retrieval_lab.training.fit import fit
 from tests.conftest import BF16_ENCODING, TINY_BERT
 from tests.test_ance import ANCE, _refresh_callback, _spy_on_draws, _train_positives
 from tests.test_train import _cli, dev_precisions

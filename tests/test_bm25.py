@@ -7,8 +7,8 @@ import json
 import pytest
 
 from retrieval_lab.data.beir import load_beir
+from retrieval_lab.main import train
 from retrieval_lab.retrievers.bm25 import BM25Retriever
-from retrieval_lab.train import train
 from tests.conftest import TINY_QUERIES
 
 

@@ -9,10 +9,10 @@ import functools
 import pytest
 import torch
 
+from retrieval_lab.main import train
 from retrieval_lab.models.biencoder import BiEncoder
 from retrieval_lab.models.cde import ContextualEncoder
 from retrieval_lab.objectives.infonce import InfoNCE
-from retrieval_lab.train import train
 from retrieval_lab.training.module import RetrievalModule
 from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_BERT
 

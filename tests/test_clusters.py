@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval_lab.train import train
+from retrieval_lab.main import train
 from retrieval_lab.training.clusters import ClusterBatchSampler, ClusterOrders, pack, spherical_kmeans
 from tests.conftest import FAST_TRAIN_OVERRIDES
 

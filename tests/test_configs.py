@@ -13,8 +13,9 @@ from omegaconf import OmegaConf
 
 import retrieval_lab
 from retrieval_lab.generation.base import Generator
+from retrieval_lab.main import train
 from retrieval_lab.negatives.base import NegativeSampler
-from retrieval_lab.train import instantiate_callbacks, train
+from retrieval_lab.utils.instantiate import instantiate_callbacks
 from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_MODEL_OVERRIDES, require_llm_packages
 
 CONF = Path(retrieval_lab.__file__).parent / "conf"

@@ -10,11 +10,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from retrieval_lab.main import train
 from retrieval_lab.models.biencoder import BiEncoder
 from retrieval_lab.objectives.masking import batch_labels
 from retrieval_lab.objectives.moco import EMPTY, MoCo, moco_logits
 from retrieval_lab.pretrain.cropping import Cropper, crop
-from retrieval_lab.train import train
 from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_BERT
 
 

@@ -13,8 +13,8 @@ from retrieval_lab.data.beir import Document
 from retrieval_lab.index import encode
 from retrieval_lab.index.encode import bf16_copy, encode_texts, resolve_precision
 from retrieval_lab.index.faiss_index import FaissIndex
+from retrieval_lab.main import train
 from retrieval_lab.models.biencoder import BiEncoder
-from retrieval_lab.train import train
 from tests.conftest import TINY_BERT, TINY_CORPUS, TINY_MODEL_OVERRIDES, TINY_QUERIES
 
 

@@ -10,9 +10,9 @@ import torch
 
 import retrieval_lab.retrievers.dense as dense
 from retrieval_lab.data.beir import Document
+from retrieval_lab.main import train
 from retrieval_lab.models.biencoder import BiEncoder
 from retrieval_lab.retrievers.dense import DenseRetriever
-from retrieval_lab.train import train
 from tests.conftest import TINY_BERT, TINY_CORPUS, TINY_MODEL_OVERRIDES
 
 CORPUS = {d: Document(t, x) for d, (t, x) in TINY_CORPUS.items()}

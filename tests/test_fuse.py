@@ -8,7 +8,7 @@ import json
 import pytest
 
 from retrieval_lab.eval.trec import write_trec_run
-from retrieval_lab.train import train
+from retrieval_lab.main import train
 
 # tiny data: q1 -> d1, q2 -> d2 (grade 2), q3 -> d6 on test
 GOOD = {"q1": {"d1": 9.0, "d2": 1.0}, "q2": {"d2": 5.0, "d3": 4.0}, "q3": {"d6": 3.0, "d5": 2.0}}

@@ -223,7 +223,7 @@ def test_hyde_searches_with_the_mean_of_query_and_passages(compose_cfg, stub, tm
 
 
 def test_lamer_as_the_evaluate_task_and_the_sparse_side_of_a_hybrid(compose_cfg, stub, tmp_path):
-    from retrieval_lab.train import train
+    from retrieval_lab.main import train
 
     server = stub()
     common = [f"generator.base_url={server.url}", f"generator.cache_dir={tmp_path / 'g'}", "logger=csv"]

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from retrieval_lab.main import train
 from retrieval_lab.models.biencoder import BiEncoder
 from retrieval_lab.objectives.infonce import InfoNCE
 from retrieval_lab.objectives.masking import batch_labels
-from retrieval_lab.train import train
 from retrieval_lab.training.grad_cache import grad_cache_loss, split_batch
 from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_BERT
 

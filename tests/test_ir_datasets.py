@@ -11,7 +11,7 @@ import pytest
 
 from retrieval_lab.data.beir import DataFormatError
 from retrieval_lab.data.irds import load_ir_datasets
-from retrieval_lab.train import train
+from retrieval_lab.main import train
 from tests.conftest import FAST_TRAIN_OVERRIDES, TRAIN_CORPUS, TRAIN_QRELS, TRAIN_QUERIES
 
 _ids = itertools.count()

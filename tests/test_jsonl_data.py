@@ -9,8 +9,8 @@ import pytest
 
 from retrieval_lab.data.beir import DataFormatError, Document
 from retrieval_lab.data.jsonl import content_id, load_jsonl
+from retrieval_lab.main import train
 from retrieval_lab.negatives.given import GivenNegatives
-from retrieval_lab.train import train
 from tests.conftest import FAST_TRAIN_OVERRIDES, TRAIN_CORPUS, TRAIN_QRELS, TRAIN_QUERIES
 
 

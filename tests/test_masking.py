@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from retrieval_lab.data.beir import Document
+from retrieval_lab.main import train
 from retrieval_lab.models.biencoder import BiEncoder
 from retrieval_lab.negatives.base import NegativeSampler
 from retrieval_lab.negatives.random import RandomNegatives
@@ -16,7 +17,6 @@ from retrieval_lab.objectives.masking import batch_labels, false_negative_mask
 from retrieval_lab.objectives.pairwise import PairwiseSoftmax
 from retrieval_lab.objectives.tct import tct_kd_loss
 from retrieval_lab.pretrain.tasks import Pair
-from retrieval_lab.train import train
 from retrieval_lab.training.data import TrainingCollator, TrainingExample, TrainingExamples
 from tests.conftest import TINY_BERT
 

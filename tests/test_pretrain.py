@@ -14,6 +14,7 @@ import torch
 from retrieval_lab.data.beir import DataFormatError
 from retrieval_lab.data.sentences import split_sentences
 from retrieval_lab.data.wiki import LinkedCorpus, load_wikispeedia
+from retrieval_lab.main import train
 from retrieval_lab.pretrain.data import PretrainStream, StreamSampler
 from retrieval_lab.pretrain.mlm import IGNORE, mask_tokens
 from retrieval_lab.pretrain.tasks import (
@@ -22,7 +23,6 @@ from retrieval_lab.pretrain.tasks import (
     Mix,
     WikiLinkPrediction,
 )
-from retrieval_lab.train import train
 from tests.conftest import TINY_MODEL_OVERRIDES
 
 HEADER = "   #copyright\n\n{title}\n\n2007 Schools Wikipedia Selection. Related subjects: Insects and\nanimals\n\n"

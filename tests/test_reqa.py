@@ -10,9 +10,9 @@ import pytest
 
 from retrieval_lab.data.beir import DataFormatError
 from retrieval_lab.data.squad import build_reqa, load_reqa_squad, load_squad_articles, read_squad, split_articles
+from retrieval_lab.main import train
 from retrieval_lab.pretrain.stage import pretrain_key
 from retrieval_lab.pretrain.tasks import WikiLinkPrediction
-from retrieval_lab.train import train
 from tests.conftest import FAST_TRAIN_OVERRIDES
 from tests.test_pretrain import TINY, TINY_WIKI, write_wiki
 

@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 
 from retrieval_lab.data.wiki import load_beir_corpus, load_wikispeedia
+from retrieval_lab.main import train
 from retrieval_lab.models.biencoder import BiEncoder
 from retrieval_lab.pretrain.data import PretrainCollator, PretrainStream, StreamSampler
 from retrieval_lab.pretrain.mlm import IGNORE
@@ -24,7 +25,6 @@ from retrieval_lab.pretrain.retromae import (
 )
 from retrieval_lab.pretrain.stage import HEADS, init_encoder
 from retrieval_lab.pretrain.tasks import RetroMAE
-from retrieval_lab.train import train
 from tests.conftest import TINY_BERT, TINY_CORPUS
 from tests.test_pretrain import TINY, TINY_WIKI, _stage_overrides, write_wiki
 

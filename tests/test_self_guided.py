@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from retrieval_lab.data.sts import load_stsb
+from retrieval_lab.main import train
 from retrieval_lab.models.biencoder import BiEncoder
 from retrieval_lab.objectives.self_guided import SelfGuidedContrastive, sg_opt_loss
-from retrieval_lab.train import train
 from retrieval_lab.training.module import RetrievalModule
 from retrieval_lab.training.sentences import SentenceDataModule
 from tests.conftest import TINY_BERT, TINY_MODEL_OVERRIDES

@@ -12,7 +12,7 @@ import pytest
 from retrieval_lab.data.beir import DataFormatError
 from retrieval_lab.data.sts import load_sickr, load_stsb, read_sick, read_stsb_split
 from retrieval_lab.eval.sts import correlations
-from retrieval_lab.train import train
+from retrieval_lab.main import train
 from tests.conftest import TINY_MODEL_OVERRIDES
 
 SENTENCES = ["A man is playing a guitar.", "A man plays the guitar.", "A woman is slicing an onion.",

@@ -111,7 +111,7 @@ def test_tct_with_a_surrogate_drops_the_copy_from_both_softmaxes():
 
 
 def test_a_training_run_filters_with_a_configured_surrogate(compose_cfg, train_data):
-    from retrieval_lab.train import train
+    from retrieval_lab.main import train
     from tests.conftest import FAST_TRAIN_OVERRIDES
 
     tiny = ", ".join(f"{k}: {v}" for k, v in TINY_BERT.items())

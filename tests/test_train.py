@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import retrieval_lab.objectives.infonce as infonce
-from retrieval_lab.train import fit, train
+from retrieval_lab.main import train
+from retrieval_lab.training.fit import fit
 from retrieval_lab.training.module import NonFiniteLossError
 from retrieval_lab.utils.seed import seed_everything
 from tests.conftest import BF16_ENCODING, BF16_RESOLVED, FAST_TRAIN_OVERRIDES
@@ -218,7 +219,7 @@ def test_wandb_offline_run_logs_config_and_finishes(compose_cfg, train_data, tmp
 
 
 def test_sweepers_optimize_the_dev_metric_that_chose_the_checkpoint(compose_cfg, train_data, caplog):
-    from retrieval_lab.train import _primary_metric
+    from retrieval_lab.main import _primary_metric
 
     cfg = compose_cfg([*FAST_TRAIN_OVERRIDES, *LEARNS], data_root=train_data)
     assert cfg.optimized_metric.split == "dev"
@@ -242,7 +243,7 @@ def test_dev_only_run_never_reads_test(compose_cfg, train_data, tmp_path, monkey
     metrics = train(compose_cfg([*FAST_TRAIN_OVERRIDES, *LEARNS, "task.splits=[]"], data_root=train_data))
     assert ranked == [["dev"]] and "test" not in metrics and {"dev", "train"} <= set(metrics)
     assert not (tmp_path / "out" / "run.test.trec").exists() and (tmp_path / "out" / "per_query.dev.json").exists()
-    from retrieval_lab.train import _primary_metric
+    from retrieval_lab.main import _primary_metric
 
     assert _primary_metric(metrics, "dev", "ndcg@10") == metrics["train"]["best_dev_value"]
 

@@ -77,8 +77,8 @@ def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
 
 class MultiVectorIndex:
     """Token vectors of documents: ``add`` once, then ``search`` (FAISS candidates, exact MaxSim re-ranking),
-    ``rerank`` (exact MaxSim over given documents), ``exact_search`` (one query, exact MaxSim over the whole
-    corpus) or ``iter_exact_scores`` (many queries against the whole corpus, a group at a time)."""
+    ``rerank`` (exact MaxSim over given documents; every row: the whole corpus) or ``iter_exact_scores`` (many
+    queries against the whole corpus, a group at a time)."""
 
     def __init__(self, dim: int, factory: str = "auto", nprobe: int = 32, build_ann: bool = True) -> None:
         if nprobe < 1:
@@ -168,10 +168,6 @@ class MultiVectorIndex:
     def search(self, q: np.ndarray, k: int, per_token: int) -> tuple[np.ndarray, list[str]]:
         """End to end: FAISS candidates for query ``q`` ``(Lq, dim)``, re-ranked by exact MaxSim."""
         scores, rows = self.rerank(q, self.candidates(q, per_token), k)
-        return scores, [self.ids[r] for r in rows]
-
-    def exact_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, list[str]]:
-        scores, rows = self.rerank(q, np.arange(len(self.ids)), k)
         return scores, [self.ids[r] for r in rows]
 
     @property

@@ -77,11 +77,6 @@ def load(folder: str | Path, version: int) -> NegativesTable:
     return NegativesTable(version, data["negatives"], data["meta"])
 
 
-def load_latest(folder: str | Path) -> NegativesTable | None:
-    version = latest_version(folder)
-    return None if version is None else load(folder, version)
-
-
 def prune(folder: str | Path, keep_upto: int) -> list[int]:
     """Remove the tables newer than ``keep_upto`` and point ``LATEST`` back at it (or remove ``LATEST`` when
     ``keep_upto`` is 0). A run resumed from a checkpoint calls this so it does not train on tables its

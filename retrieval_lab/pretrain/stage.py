@@ -38,6 +38,7 @@ from retrieval_lab.models.base import Encoder
 from retrieval_lab.pretrain.data import PretrainDataModule
 from retrieval_lab.pretrain.module import PretrainModule
 from retrieval_lab.pretrain.tasks import MaskedLanguageModel, RetroMAE, subtasks
+from retrieval_lab.utils.instantiate import make
 from retrieval_lab.utils.io import atomic_dir, atomic_file, write_json
 from retrieval_lab.utils.seed import seed_everything
 
@@ -48,7 +49,6 @@ _NOT_IN_KEY = ("cache_dir", "num_workers")  # settings that do not change the we
 
 
 def _construct(conf, **kwargs):
-    from retrieval_lab.train import make  # train.py imports this module: import at call time
 
     return make(conf, **kwargs)
 
@@ -91,7 +91,7 @@ def stage_objective(cfg: DictConfig) -> DictConfig:
 
 def _check_single_device(cfg: DictConfig) -> None:
     devices = cfg.trainer.get("devices", 1)
-    if devices not in (1, "1") or cfg.trainer.get("strategy") is not None:
+    if devices not in (1, "1") or cfg.trainer.get("strategy") not in (None, "auto"):
         raise ValueError(
             "the pre-training stage runs on one device: run it alone with `task=pretrain trainer=cpu`, then "
             "fine-tune with init_from=<its output folder>"

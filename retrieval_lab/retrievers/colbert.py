@@ -110,13 +110,3 @@ class ColbertRetriever(Retriever):
                     run[qid] = {did: float(s) for did, s in zip(ids, scores, strict=True)}
         self.timings["search_s_per_query"] = (time.perf_counter() - start) / max(1, len(queries))
         return run
-
-
-def colbert_search(
-    encoder: Encoder, corpus: dict[str, Document], queries: dict[str, str], top_k: int, **kwargs
-) -> dict[str, list[str]]:
-    """Each query's ``top_k`` document ids, best first, by end-to-end ColBERT retrieval over ``corpus``: the
-    function an ANN negative miner calls for a multi-vector encoder (``kwargs`` go to ``ColbertRetriever``)."""
-    retriever = ColbertRetriever(encoder, mode="end_to_end", **kwargs)
-    run = retriever.retrieve(corpus, queries, top_k)
-    return {qid: sorted(docs, key=docs.__getitem__, reverse=True) for qid, docs in run.items()}

@@ -25,6 +25,7 @@ from retrieval_lab.index.encode import encode_texts
 from retrieval_lab.models.base import Encoder
 from retrieval_lab.pretrain.stage import init_encoder
 from retrieval_lab.tasks.evaluate import check_splits
+from retrieval_lab.utils.instantiate import make
 from retrieval_lab.utils.io import atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,6 @@ def check_sts_args(splits: Sequence[str], side: str) -> None:
 def run(cfg: DictConfig, splits: Sequence[str], batch_size: int = 64, precision: str = "auto",
         side: str = "docs") -> dict:  # fmt: skip
     """Entry for ``task=evaluate_sts``."""
-    from retrieval_lab.train import make  # train.py imports the tasks: import at call time
 
     check_sts_args(splits, side)
     dataset = make(cfg.data)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from retrieval_lab.eval.metrics import checked_per_query_metrics, mean_metrics
 from retrieval_lab.eval.trec import read_trec_run, write_trec_run
 from retrieval_lab.tasks.evaluate import check_eval_args, check_splits
+from retrieval_lab.utils.instantiate import make
 from retrieval_lab.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ def run(
     ignore_identical_ids: bool = True,
 ) -> dict:
     """Entry for ``task=fuse``."""
-    from retrieval_lab.train import make
 
     check_eval_args([split], metrics, top_k)
     if len(runs) < 2:

@@ -19,7 +19,7 @@ from retrieval_lab.retrievers.base import Retriever
 from retrieval_lab.retrievers.colbert import ColbertRetriever
 from retrieval_lab.retrievers.dense import DenseRetriever
 from retrieval_lab.tasks.evaluate import check_eval_args, check_splits, evaluate_retriever, retrieval_costs
-from retrieval_lab.train import FitResult, fit
+from retrieval_lab.training.fit import FitResult, fit
 from retrieval_lab.utils.io import write_json
 
 log = logging.getLogger(__name__)

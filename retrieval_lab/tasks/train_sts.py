@@ -19,11 +19,12 @@ from omegaconf import DictConfig
 from retrieval_lab.models.export import export_encoder
 from retrieval_lab.tasks.evaluate_sts import check_sts_args, evaluate_sts
 from retrieval_lab.tasks.train import load_chosen_weights, training_summary
+from retrieval_lab.training.fit import fit
+from retrieval_lab.utils.instantiate import make
 from retrieval_lab.utils.io import write_json
 
 
 def _evaluate(cfg: DictConfig, result, splits, also: Mapping, encode: dict, export: bool, start: float) -> dict:
-    from retrieval_lab.train import make
 
     if not result.trainer.is_global_zero:
         return {}
@@ -59,7 +60,6 @@ def _flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
 def run(cfg: DictConfig, splits: Sequence[str] = ("test",), also: Mapping | None = None, batch_size: int = 64,
         precision: str = "auto", side: str = "docs", export: bool = True) -> dict:  # fmt: skip
     """Entry for ``task=train_sts``; resumes from ``cfg.ckpt_path`` when set."""
-    from retrieval_lab.train import fit
 
     check_sts_args(splits, side)
     if "sentences" not in str(cfg.datamodule.get("_target_", "")).lower():

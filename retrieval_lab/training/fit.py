@@ -1,47 +1,26 @@
-"""The Hydra entry point: compose ``conf/config.yaml``, then run the selected ``task``.
-
-``fit(cfg)`` is the training pipeline ``task=train`` runs: it instantiates the pieces in one fixed order,
-datamodule, model, callbacks, loggers, trainer, then fits.
-"""
+"""``fit(cfg)``: the training pipeline ``task=train`` (and ``task=train_sts``) runs. It instantiates the pieces in
+one fixed order, datamodule, model, callbacks, loggers, trainer, then fits."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
-import hydra
 import pytorch_lightning as pl
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from retrieval_lab.loggers.setup import finish_loggers, instantiate_loggers, log_run_config
 from retrieval_lab.pretrain.stage import init_encoder
 from retrieval_lab.training.datamodule import RetrievalDataModule
 from retrieval_lab.training.module import RetrievalModule
-from retrieval_lab.utils.io import atomic_write_text, write_json
-from retrieval_lab.utils.provenance import run_info
-from retrieval_lab.utils.seed import seed_everything
+from retrieval_lab.utils.instantiate import instantiate_callbacks, make
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def train(cfg: DictConfig) -> dict:
-    """Run ``cfg.task`` on a composed config; returns the metrics it wrote to ``metrics.json``."""
-    seed_everything(cfg.seed)
-    output_dir = Path(cfg.paths.output_dir)
-    if (run_dir := cfg.task.get("run_dir")) and Path(run_dir).resolve() == output_dir.resolve():
-        raise ValueError(f"task.run_dir={run_dir} is this command's own output folder (paths.output_dir), whose "
-                         "config.yaml it would overwrite: give the command a folder of its own")  # fmt: skip
-    atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    write_json(output_dir / "run_info.json", run_info())  # the commit and package versions behind the numbers
-    task = instantiate(cfg.task)
-    return task(cfg)
 
 
 @dataclass
@@ -51,20 +30,6 @@ class FitResult:
     callbacks: list[pl.Callback]
     loggers: list
     trainer: pl.Trainer
-
-
-def make(conf: DictConfig, **kwargs):
-    """``instantiate``, surfacing a component's own ``ValueError`` (which names the config key) unwrapped."""
-    try:
-        return instantiate(conf, **kwargs)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, ValueError):
-            raise err.__cause__ from None
-        raise
-
-
-def instantiate_callbacks(callbacks_cfg: DictConfig | None) -> list[pl.Callback]:
-    return [make(conf) for conf in (callbacks_cfg or {}).values() if conf is not None]
 
 
 def fit(
@@ -125,21 +90,3 @@ def _grad_cache_trainer_args(cfg: DictConfig, model: RetrievalModule) -> dict:
         raise ValueError("module.grad_cache.chunk_size works with single-vector encoders, not model=colbert")
     model.gradient_clip_val = cfg.trainer.get("gradient_clip_val")
     return {"gradient_clip_val": None}
-
-
-def _primary_metric(metrics: dict, split: str, name: str) -> float | None:
-    """The value a sweeper optimizes: ``split``'s ``name``; for ``dev`` after training, the best dev evaluation
-    (the one that chose the checkpoint). Tuning on test is allowed but warned about."""
-    if split == "test":
-        log.warning("optimized_metric.split=test: a sweeper will choose on test; use dev (the default)")
-    train = metrics.get("train", {})
-    if split == "dev" and train.get("dev_metric") == name:
-        return train.get("best_dev_value")
-    return metrics.get(split, {}).get(name)
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
-    """Returns the optimized metric so sweepers can use it."""
-    metrics = train(cfg)
-    return _primary_metric(metrics, cfg.optimized_metric.split, cfg.optimized_metric.name)
