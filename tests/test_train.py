@@ -294,3 +294,12 @@ def test_task_test_reads_test_once_from_a_dev_only_run(compose_cfg, train_data, 
         with pytest.raises(ValueError, match=message):
             train(compose_cfg(["task=test", f"task.run_dir={run}", f"paths.output_dir={out}"]))
     assert (run_dir / "config.yaml").read_text() == config  # refused before anything was written there
+
+
+@pytest.mark.parametrize(("precision", "fused"), [("32-true", True), ("bf16-mixed", None)])
+def test_adamw_is_fused_unless_lightning_must_clip_mixed_precision_gradients(compose_cfg, train_data, precision, fused):
+    cfg = compose_cfg([*FAST_TRAIN_OVERRIDES, f"trainer.precision={precision}", "trainer.max_epochs=1",
+                       "task.splits=[]"], data_root=train_data)  # fmt: skip
+    assert cfg.module.optimizer.fused is True and cfg.trainer.gradient_clip_val
+    result, _ = fit(cfg)
+    assert result.trainer.optimizers[0].defaults["fused"] is fused and result.trainer.global_step == 4

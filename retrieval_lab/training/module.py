@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import zlib
 from collections.abc import Callable
@@ -14,6 +16,8 @@ from torch import nn
 
 from retrieval_lab.models.base import Batch, Encoder
 from retrieval_lab.training.grad_cache import grad_cache_loss, objective_loss
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -176,8 +180,22 @@ class RetrievalModule(pl.LightningModule):
             out.append(group)
         return out
 
+    def _optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        """The configured optimizer over ``groups``; a fused one (``module.optimizer.fused``) falls back to
+        torch's default implementation where Lightning would refuse it: gradient clipping under mixed precision
+        (the fused kernel unscales gradients itself, so Lightning cannot clip them first)."""
+        factory = self.optimizer_factory
+        keywords = getattr(factory, "keywords", {})
+        mixed = "mixed" in str(self.trainer.precision) if self._trainer is not None else False
+        clips = bool(self._trainer is not None and self.trainer.gradient_clip_val) or bool(self.gradient_clip_val)
+        if keywords.get("fused") and mixed and clips:
+            log.info("module.optimizer.fused: off under %s with gradient clipping (Lightning cannot clip a "
+                     "fused optimizer's gradients): torch's default AdamW instead", self.trainer.precision)  # fmt: skip
+            factory = functools.partial(factory.func, *factory.args, **{**keywords, "fused": None})
+        return factory(groups)
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameter_groups())
+        optimizer = self._optimizer(self.parameter_groups())
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total) or total < 1:
             raise ValueError("set trainer.max_steps or trainer.max_epochs: the schedule needs a finite length")
