@@ -25,12 +25,15 @@ def sweep_group() -> str | None:
     return "/".join(Path(HydraConfig.get().sweep.dir).parts[-2:])  # <date>/<time> by default
 
 
-def instantiate_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
+def instantiate_loggers(logger_cfg: DictConfig | None, job_type: str | None = None) -> list[Logger]:
+    """The configured loggers; ``job_type`` (wandb's) marks runs that are not training (``evaluate``, ``test``)."""
     loggers: list[Logger] = []
     for name, conf in (logger_cfg or {}).items():
         if conf is None:
             continue
         extra = {"group": sweep_group()} if "group" in conf and conf.group is None else {}
+        if job_type is not None and "job_type" in conf:
+            extra["job_type"] = job_type
         if "tags" in conf and conf.tags is None:  # wandb: tag the run with the option picked in every group
             choices = hydra_choices().items()
             extra["tags"] = [f"{k}={v}"[:64] for k, v in choices if v != "None" and not k.startswith("hydra/")]
@@ -54,3 +57,25 @@ def finish_loggers(loggers: list[Logger], failed: bool = False) -> None:
         import wandb
 
         wandb.finish(exit_code=1 if failed else 0)
+
+
+def log_evaluation(cfg: DictConfig, results: dict, splits, job_type: str = "evaluate",
+                   config: DictConfig | None = None) -> None:  # fmt: skip
+    """An evaluation task's figures (``results[split][metric]`` for ``splits``, and its ``retrieval`` costs) to
+    ``cfg``'s loggers, as one run of its own: the resolved config (``config``, default ``cfg``: for task=test the
+    trained run's) and choices, the figures at step 0, and for wandb the run summary, so evaluations sit beside
+    training runs in the dashboard."""
+    flat = {f"{split}/{k}": v for split in [*splits, "retrieval"] if isinstance(results.get(split), dict)
+            for k, v in results[split].items() if isinstance(v, int | float)}  # fmt: skip
+    loggers = instantiate_loggers(cfg.get("logger"), job_type=job_type)
+    failed = True
+    try:
+        log_run_config(loggers, cfg if config is None else config)
+        for logger in loggers:
+            logger.log_metrics(flat, step=0)
+            if isinstance(logger, WandbLogger):
+                logger.experiment.summary.update(flat)
+            logger.save()
+        failed = False
+    finally:
+        finish_loggers(loggers, failed)

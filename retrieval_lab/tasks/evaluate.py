@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from retrieval_lab.data.beir import RetrievalDataset
 from retrieval_lab.eval.metrics import checked_per_query_metrics, mean_metrics, parse_metric
 from retrieval_lab.eval.trec import write_trec_run
+from retrieval_lab.loggers.setup import log_evaluation
 from retrieval_lab.retrievers.base import Retriever
 from retrieval_lab.utils.io import write_json
 
@@ -104,4 +105,5 @@ def run(
     if costs := retrieval_costs(retriever):
         results["retrieval"] = costs
     write_json(output_dir / "metrics.json", results)
+    log_evaluation(cfg, results, splits)
     return results

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from retrieval_lab.data.sts import StsDataset, StsPair
 from retrieval_lab.eval.sts import correlations, cosine_rows
 from retrieval_lab.index.encode import encode_texts
+from retrieval_lab.loggers.setup import log_evaluation
 from retrieval_lab.models.base import Encoder
 from retrieval_lab.pretrain.stage import init_encoder
 from retrieval_lab.tasks.evaluate import check_splits
@@ -82,4 +83,5 @@ def run(cfg: DictConfig, splits: Sequence[str], batch_size: int = 64, precision:
                                  side=side)  # fmt: skip
     results["seconds"] = round(time.perf_counter() - start, 1)
     write_json(output_dir / "metrics.json", results)
+    log_evaluation(cfg, results, list(results))
     return results

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from retrieval_lab.eval.metrics import checked_per_query_metrics, mean_metrics
 from retrieval_lab.eval.trec import read_trec_run, write_trec_run
+from retrieval_lab.loggers.setup import log_evaluation
 from retrieval_lab.tasks.evaluate import check_eval_args, check_splits
 from retrieval_lab.utils.instantiate import make
 from retrieval_lab.utils.io import write_json
@@ -76,4 +77,5 @@ def run(
                                                           "params": extra}}  # fmt: skip
     log.info("%s %s fused (%s, %s): %s", dataset.name, split, method, norm, results[split])
     write_json(output_dir / "metrics.json", results)
+    log_evaluation(cfg, results, [split], job_type="fuse")
     return results

@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from retrieval_lab.data.beir import RetrievalDataset
+from retrieval_lab.loggers.setup import log_evaluation
 from retrieval_lab.retrievers.base import Retriever
 from retrieval_lab.tasks.evaluate import check_eval_args, check_splits, evaluate_retriever, retrieval_costs
 from retrieval_lab.utils.io import write_json
@@ -81,4 +82,5 @@ def run(
         results["retrieval"] = costs
     results["test_run"] = {"checkpoint": checkpoint, "by": str(Path(cfg.paths.output_dir))}
     write_json(folder / "metrics.json", results)
+    log_evaluation(cfg, results, splits, job_type="test", config=saved)
     return results
