@@ -262,3 +262,31 @@ def test_a_wrong_type_fails_at_composition_naming_the_key(compose_cfg, override,
         compose_cfg([*choose, override])
     assert "could not be converted" in str(caught.value.__cause__) or "Value" in str(caught.value.__cause__)
     compose_cfg([*choose, override.split("=")[0] + "=7"] if key != "model.normalize" else [*choose, f"{key}=false"])
+
+
+def test_an_installed_wheel_finds_its_configs(tmp_path):
+    """A non-editable install: the wheel pip builds from the repository, unpacked away from it, composes the
+    lab's config (every group's YAML shipped as package data) and instantiates from it."""
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = Path(retrieval_lab.__file__).resolve().parent.parent
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w"]
+    built = subprocess.run([*command, str(tmp_path / "wheel"), str(repo)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("retrieval_lab-*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    probe = (
+        "import retrieval_lab, sys; from hydra import compose, initialize_config_module;"
+        "assert 'site' in retrieval_lab.__file__, retrieval_lab.__file__;"
+        "initialize_config_module(config_module='retrieval_lab.conf', version_base='1.3').__enter__();"
+        "cfg = compose(config_name='config', overrides=['model=colbert', 'retriever=bm25', 'data=jsonl']);"
+        "print(cfg.model._target_, cfg.retriever.k1, cfg.data._target_, cfg.trainer.max_epochs)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(tmp_path / "site")}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["retrieval_lab.models.colbert.ColBERT", "1.2", "retrieval_lab.data.jsonl.load_jsonl",
+                                   "4"]  # fmt: skip
