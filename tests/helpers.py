@@ -27,3 +27,22 @@ class PretendNativeBf16(pl.Callback):
 
     def __init__(self) -> None:
         encode.has_fast_bf16 = lambda device: True
+
+
+def assert_scored_from_its_run(out, metrics: dict, split: str = "test") -> None:
+    """The run folder's ``split`` figures are what its own ``run.<split>.trec`` scores against the qrels (every
+    judged query answered): an evaluation that read a different run, or no run, fails this."""
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from retrieval_lab.eval.metrics import evaluate_run
+    from retrieval_lab.eval.trec import read_trec_run
+
+    out = Path(out)
+    dataset = instantiate(OmegaConf.load(out / "config.yaml").data)
+    run = read_trec_run(out / f"run.{split}.trec")
+    assert set(run) == set(dataset.split_queries(split)), "the run does not answer every judged query"
+    again = evaluate_run(dataset.qrels[split], run, list(metrics[split]))
+    assert again == {k: round(v, 5) for k, v in metrics[split].items()}, (again, metrics[split])

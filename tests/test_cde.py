@@ -15,6 +15,7 @@ from retrieval_lab.models.cde import ContextualEncoder
 from retrieval_lab.objectives.infonce import InfoNCE
 from retrieval_lab.training.module import RetrievalModule
 from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_BERT
+from tests.helpers import assert_scored_from_its_run
 
 TEXTS = ["aspirin lowers heart attack risk", "vitamin c does not prevent colds", "smoking causes lung cancer",
          "short sleep and obesity", "coffee and liver disease"]  # fmt: skip
@@ -80,10 +81,11 @@ def test_training_sends_gradients_into_stage_1_through_the_batch_context():
 
 @pytest.mark.parametrize("extra", [["datamodule.batching=random"], ["datamodule.batching=cluster"],
                                    ["datamodule.batching=cluster", "module.grad_cache.chunk_size=2"]])  # fmt: skip
-def test_a_cde_training_run_completes(compose_cfg, train_data, extra):
+def test_a_cde_training_run_completes(compose_cfg, train_data, tmp_path, extra):
     overrides = [*FAST_TRAIN_OVERRIDES, "model=cde", "model.context_size=4", *extra]
     metrics = train(compose_cfg(overrides, data_root=train_data))
-    assert metrics["train"]["steps"] == 8 and 0.0 <= metrics["test"]["ndcg@10"] <= 1.0
+    assert metrics["train"]["steps"] == 8
+    assert_scored_from_its_run(tmp_path / "out", metrics)
 
 
 def test_two_stage_gradient_caching_equals_the_plain_step():
