@@ -36,6 +36,7 @@ class DenseRetrieverSchema:
     device: str = "cpu"
     show_progress: bool = True
     cache_dir: str | None = None
+    shard_across_ranks: bool = True
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -19,6 +20,28 @@ from retrieval_lab.retrievers.base import Retriever
 log = logging.getLogger(__name__)
 
 
+_SHARDING = {"active": False}  # set by sharded_encoding(): every rank is calling index() together
+
+
+@contextlib.contextmanager
+def sharded_encoding():
+    """Within it, retrievers with ``shard_across_ranks`` split corpus encoding across the DDP ranks. Every rank
+    must enter it and make the same ``index()`` calls (a retriever used on rank 0 alone, as the dev evaluation's,
+    never shards: it would wait for ranks that are not encoding)."""
+    before, _SHARDING["active"] = _SHARDING["active"], True
+    try:
+        yield
+    finally:
+        _SHARDING["active"] = before
+
+
+def ranks() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group inside ``sharded_encoding``; else (0, 1)."""
+    if _SHARDING["active"] and torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class DenseRetriever(Retriever):
     def __init__(
         self,
@@ -32,8 +55,10 @@ class DenseRetriever(Retriever):
         device: str = "cpu",
         show_progress: bool = True,
         cache_dir: str | None = None,
+        shard_across_ranks: bool = False,
     ) -> None:
         self.encoder = encoder.to(device)
+        self.shard_across_ranks = shard_across_ranks
         self.cache = EmbeddingCache(cache_dir) if cache_dir else None
         resolve_precision(precision, torch.device(device))  # refuse a bad value before any encoding
         self.index_factory, self.index_args = index_factory, {"nprobe": nprobe, "ef_search": ef_search}
@@ -51,29 +76,49 @@ class DenseRetriever(Retriever):
             return int(self.encoder.encode_queries(batch).shape[-1])
 
     def index(self, corpus: dict[str, Document]) -> None:
+        """Encode ``corpus`` and index it. With ``shard_across_ranks`` inside ``sharded_encoding()`` (DDP, every
+        rank calling this with the same corpus) each rank encodes every world-th document, rank 0 gathers the
+        vectors and alone holds the index (the other ranks return without one)."""
         start = time.perf_counter()
         texts = [doc.full_text() for doc in corpus.values()]
         if hasattr(self.encoder, "use_corpus"):  # CDE: a seeded sample of this corpus is the context
             self.encoder.use_corpus(texts, self.batch_size)
         vectors = self._encode_corpus(list(corpus), texts)
         self.timings["encode_corpus_s"] = time.perf_counter() - start
+        if vectors is None:  # a rank other than 0 under sharded encoding
+            self.faiss = None
+            return
         self.faiss = FaissIndex(vectors.shape[1], self.index_factory, **self.index_args)
         self.faiss.add(vectors, list(corpus))
         log.info("Encoded %d documents in %.1fs", len(texts), self.timings["encode_corpus_s"])
 
-    def _encode_corpus(self, ids: list[str], texts: list[str]) -> np.ndarray:
-        """The corpus vectors: from the embedding cache where the fingerprint matches, else encoded (and saved)."""
-        if self.cache is None:
-            return encode_texts(self.encoder, texts, "docs", self.batch_size, **self.encode_args)
-        device = torch.device(self.encode_args["device"])
-        settings = {"precision": resolve_precision(self.encode_args["precision"], device), "side": "docs"}
-        key = EmbeddingCache.key(self.encoder, ids, texts, settings)
-        if (vectors := self.cache.load(key, len(texts))) is not None:
-            log.info("corpus embeddings reused from %s (fingerprint %s)", self.cache.folder, key)
-            self.timings["embeddings_reused"] = 1.0
-            return vectors
-        vectors = encode_texts(self.encoder, texts, "docs", self.batch_size, **self.encode_args)
-        self.cache.save(key, vectors, {"documents": len(ids), "encoder": type(self.encoder).__name__, **settings})
+    def _encode_corpus(self, ids: list[str], texts: list[str]) -> np.ndarray | None:
+        """The corpus vectors: from the embedding cache where the fingerprint matches, else encoded (and saved);
+        sharded across DDP ranks where there are several (None on ranks other than 0)."""
+        rank, world = ranks() if self.shard_across_ranks else (0, 1)
+        key, settings = None, {}
+        if self.cache is not None:  # every rank looks (a shared folder), so all take the same branch
+            device = torch.device(self.encode_args["device"])
+            settings = {"precision": resolve_precision(self.encode_args["precision"], device), "side": "docs"}
+            key = EmbeddingCache.key(self.encoder, ids, texts, settings)
+            if (vectors := self.cache.load(key, len(texts))) is not None:
+                log.info("corpus embeddings reused from %s (fingerprint %s)", self.cache.folder, key)
+                self.timings["embeddings_reused"] = 1.0
+                return vectors if rank == 0 else None
+        part = encode_texts(self.encoder, texts[rank::world], "docs", self.batch_size, **self.encode_args)
+        if world > 1:
+            parts = [None] * world if rank == 0 else None
+            torch.distributed.gather_object(part, parts, dst=0)
+            if rank != 0:
+                return None
+            vectors = np.empty((len(texts), part.shape[1]), dtype=part.dtype)
+            for r, shard in enumerate(parts):
+                vectors[r::world] = shard
+            log.info("corpus encoded in %d shards (one per rank)", world)
+        else:
+            vectors = part
+        if self.cache is not None:
+            self.cache.save(key, vectors, {"documents": len(ids), "encoder": type(self.encoder).__name__, **settings})
         return vectors
 
     def search(self, queries: dict[str, str], k: int) -> Run:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from retrieval_lab.callbacks.dev_eval import DevEvaluation
 from retrieval_lab.models.export import export_encoder
 from retrieval_lab.retrievers.base import Retriever
 from retrieval_lab.retrievers.colbert import ColbertRetriever
-from retrieval_lab.retrievers.dense import DenseRetriever
+from retrieval_lab.retrievers.dense import DenseRetriever, sharded_encoding
 from retrieval_lab.tasks.evaluate import check_eval_args, check_splits, evaluate_retriever, retrieval_costs
 from retrieval_lab.training.fit import FitResult, fit
 from retrieval_lab.utils.io import write_json
@@ -48,9 +49,10 @@ def load_weights(result: FitResult, path: str) -> None:
     result.model.load_state_dict(state)
 
 
-def load_chosen_weights(result: FitResult) -> str | None:
-    """Load the weights dev chose (``best_checkpoint``) into the trained module; returns their path."""
-    best = best_checkpoint(result)
+def load_chosen_weights(result: FitResult, best: str | None = None) -> str | None:
+    """Load the weights dev chose (``best``, else ``best_checkpoint``) into the trained module; returns their
+    path."""
+    best = best or best_checkpoint(result)
     if best:
         load_weights(result, best)
     else:
@@ -72,21 +74,35 @@ def training_summary(result: FitResult, best: str | None, seconds: float) -> dic
 
 def evaluate_best(cfg: DictConfig, result: FitResult, splits, metrics, top_k: int, export: bool, start: float,
                   ignore_identical_ids: bool = True):  # fmt: skip
-    """On rank 0: load the best checkpoint (or the starting weights, where none beat them on dev), rank the dev
-    pool and every split with it, write the outputs."""
-    if not result.trainer.is_global_zero:
-        return {}
+    """Load the best checkpoint (or the starting weights, where none beat them on dev), rank the dev pool and
+    every split with it, write the outputs: on rank 0, the other DDP ranks encoding their shares of each corpus
+    for a dense retriever (``retriever.shard_across_ranks``)."""
     seconds = time.perf_counter() - start
-    best = load_chosen_weights(result)
-    output_dir = Path(cfg.paths.output_dir)
+    world = result.trainer.world_size
+    chosen = best_checkpoint(result) if result.trainer.is_global_zero else None
+    chosen = result.trainer.strategy.broadcast(chosen, src=0) if world > 1 else chosen  # one choice for all ranks
     dataset = result.datamodule.dataset
+    retriever_class = get_class(cfg.retriever._target_)
+    sharded = world > 1 and issubclass(retriever_class, DenseRetriever) and cfg.retriever.get("shard_across_ranks")
+    if not result.trainer.is_global_zero:
+        if sharded:  # the same index() calls, in the same order, as rank 0's evaluate_retriever makes
+            if chosen:
+                load_weights(result, chosen)
+            retriever = instantiate(cfg.retriever, encoder=result.model.encoder)
+            with sharded_encoding():
+                for corpus in [result.datamodule.dev.corpus] + ([dataset.corpus] if splits else []):
+                    retriever.index(corpus)
+        return {}
+    best = load_chosen_weights(result, chosen)
+    output_dir = Path(cfg.paths.output_dir)
     check_splits(splits, dataset.qrels, dataset.name)
     retriever: Retriever = instantiate(cfg.retriever, encoder=result.model.encoder)
     args = {"output_dir": output_dir, "ignore_identical_ids": ignore_identical_ids}
     # The chosen weights on the dev pool first (what chose them; per_query.dev.json for paired tests), then test.
-    results: dict = evaluate_retriever(retriever, result.datamodule.dev, ["dev"], metrics, top_k, **args)
-    if splits:  # task.splits=[]: dev only (choosing a recipe without reading test); no corpus encoding
-        results |= evaluate_retriever(retriever, dataset, splits, metrics, top_k, **args)
+    with sharded_encoding() if sharded else contextlib.nullcontext():  # the other ranks encode their shares
+        results: dict = evaluate_retriever(retriever, result.datamodule.dev, ["dev"], metrics, top_k, **args)
+        if splits:  # task.splits=[]: dev only (choosing a recipe without reading test); no corpus encoding
+            results |= evaluate_retriever(retriever, dataset, splits, metrics, top_k, **args)
     results["train"] = training_summary(result, best, seconds)
     if costs := retrieval_costs(retriever):
         results["retrieval"] = costs
