@@ -1,6 +1,6 @@
 """The pre-training stage, and how a run's encoder gets its starting weights.
 
-``init_encoder(cfg, encoder)`` (called by ``train.fit`` before training) loads, in this order of precedence:
+``init_encoder(cfg, encoder)`` (called by ``training.fit.fit`` before training) loads, in this order of precedence:
 
 - ``init_from=<path>``: a Lightning checkpoint (``.ckpt``, e.g. a fine-tuning run's ``best-step*.ckpt``), a
   pre-training ``encoder.pt``, or a folder holding one of those (a ``task=pretrain`` output folder);
