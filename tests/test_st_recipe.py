@@ -87,8 +87,8 @@ def test_checkpoints_the_lab_would_run_differently_are_refused_by_name(tmp_path)
     modules = json.loads((dense / "modules.json").read_text())
     modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
     (dense / "modules.json").write_text(json.dumps(modules))
-    with pytest.raises(UnsupportedCheckpointError, match=r"\['Dense'\]"):
-        BiEncoder(str(dense))
+    with pytest.raises(UnsupportedCheckpointError, match=r"Dense layer applies .*Tanh"):
+        BiEncoder(str(dense))  # no config: sentence-transformers' default activation, which the lab cannot apply
 
 
 def test_a_plain_hugging_face_folder_has_no_recipe_and_gets_the_defaults(tmp_path):
@@ -101,3 +101,18 @@ def test_a_plain_hugging_face_folder_has_no_recipe_and_gets_the_defaults(tmp_pat
     expected = {"normalize": True, "pooling": "mean", "query_max_length": 256, "doc_max_length": 256,
                 "query_prefix": "", "doc_prefix": ""}  # fmt: skip
     assert read_recipe("all-MiniLM-L6-v2").settings == expected
+
+
+def test_a_lab_export_with_a_projection_reloads_it_and_sentence_transformers_agrees(tmp_path):
+    from retrieval_lab.models.export import export_encoder
+
+    torch.manual_seed(0)
+    lab = BiEncoder(config_overrides=TINY_BERT, projection_dim=8, query_prefix="q: ").eval()
+    folder = export_encoder(lab, tmp_path / "export")["sentence-transformers"]
+    reloaded = BiEncoder(str(folder)).eval()  # the Dense layer becomes the projection, weights and all
+    assert reloaded.projection.out_features == 8 and reloaded.query_prefix == "q: "
+    np.testing.assert_allclose(_lab(reloaded, TEXTS, "query"), _lab(lab, TEXTS, "query"), atol=1e-6)
+    reference = st.SentenceTransformer(str(folder), device="cpu")
+    np.testing.assert_allclose(_lab(reloaded, TEXTS, "query"), reference.encode(TEXTS, prompt_name="query"), atol=1e-5)
+    with pytest.raises(ValueError, match="projection_dim=4"):
+        BiEncoder(str(folder), projection_dim=4)

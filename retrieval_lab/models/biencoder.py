@@ -6,11 +6,12 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from retrieval_lab.models.backbone import load_backbone, load_tokenizer
 from retrieval_lab.models.base import Batch, Encoder, HFTokenized
-from retrieval_lab.models.st_recipe import apply_recipe
+from retrieval_lab.models.st_recipe import apply_recipe, read_recipe
 from retrieval_lab.scoring.dense import cosine_scores, dot_scores
 
 POOLINGS = ("mean", "cls")
@@ -62,7 +63,8 @@ class BiEncoder(HFTokenized, Encoder):
     ) -> None:
         super().__init__()
         given = {k: v for k, v in locals().items() if k in DEFAULTS}
-        settings = apply_recipe(model_name, given, DEFAULTS)
+        recipe = None if config_overrides else read_recipe(model_name)
+        settings = apply_recipe(model_name, given, DEFAULTS, recipe)
         pooling, normalize = settings["pooling"], settings["normalize"]
         query_max_length, doc_max_length = settings["query_max_length"], settings["doc_max_length"]
         query_prefix, doc_prefix = settings["query_prefix"], settings["doc_prefix"]
@@ -77,7 +79,17 @@ class BiEncoder(HFTokenized, Encoder):
         self.query_tower = load_backbone(model_name, config_overrides)
         self.doc_tower = self.query_tower if shared else copy.deepcopy(self.query_tower)
         hidden = self.query_tower.config.hidden_size
-        self.projection = nn.Linear(hidden, projection_dim) if projection_dim else None
+        dense = recipe.dense if recipe is not None else None
+        if dense is not None and projection_dim not in (None, dense["out_features"]):
+            raise ValueError(f"model.projection_dim={projection_dim}: {model_name} has a trained "
+                             f"{dense['in_features']} -> {dense['out_features']} projection; leave "
+                             "model.projection_dim at null to use it")  # fmt: skip
+        if dense is not None:
+            self.projection = nn.Linear(dense["in_features"], dense["out_features"], bias=dense["bias"])
+            state = load_file(dense["weights"])
+            self.projection.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
+        else:
+            self.projection = nn.Linear(hidden, projection_dim) if projection_dim else None
         self.pooling, self.normalize, self.similarity = pooling, normalize, similarity
         self.query_max_length, self.doc_max_length = query_max_length, doc_max_length
         self.query_prefix, self.doc_prefix = query_prefix, doc_prefix

@@ -3,9 +3,10 @@ prompts (``modules.json``, ``1_Pooling/config.json``, ``sentence_bert_config.jso
 ``config_sentence_transformers.json``). ``BiEncoder`` takes every setting left at None from here, so
 ``model.model_name=BAAI/bge-small-en-v1.5`` runs with CLS pooling and its query instruction, as its authors do.
 
-A checkpoint the lab cannot run as written is refused by name rather than run differently: a pooling other than
-mean or CLS, a Dense layer (its weights would be re-initialised), a Pooling that leaves the prompt out
-(``include_prompt: false``), or any other module than Transformer, Pooling and Normalize.
+A Dense layer without activation (the lab's own exports write one for ``projection_dim``) becomes the encoder's
+projection, weights included. A checkpoint the lab cannot run as written is refused by name rather than run
+differently: a pooling other than mean or CLS, a Dense layer with an activation, a Pooling that leaves the prompt
+out (``include_prompt: false``), or any other module than Transformer, Pooling, Dense and Normalize.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from retrieval_lab.models.backbone import resolve_model_path
 
 log = logging.getLogger(__name__)
 
-KNOWN = {"Transformer", "Pooling", "Normalize"}
+KNOWN = {"Transformer", "Pooling", "Dense", "Normalize"}
 POOLING_KEYS = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_mean_tokens": "mean",
@@ -40,6 +41,7 @@ class Recipe:
 
     source: str
     settings: dict = field(default_factory=dict)  # pooling, normalize, query/doc_max_length, query/doc_prefix
+    dense: dict | None = None  # {"in_features", "out_features", "bias", "folder"}: a projection after pooling
 
 
 def _file(model_name: str, name: str) -> Path | None:
@@ -101,13 +103,26 @@ def read_recipe(model_name: str) -> Recipe | None:
     settings["query_prefix"] = prompts.get("query", default)
     names = ("document", "passage", "doc", "corpus")
     settings["doc_prefix"] = next((prompts[k] for k in names if k in prompts), default)
-    return Recipe(str(modules_file.parent), settings)
+    dense = None
+    if "Dense" in kinds:
+        path = kinds["Dense"]["path"]
+        config = _json(_file(model_name, f"{path}/config.json"))
+        activation = str(config.get("activation_function", "torch.nn.modules.activation.Tanh"))
+        if not activation.endswith("Identity"):
+            raise UnsupportedCheckpointError(f"{model_name}: its Dense layer applies {activation}; the lab's "
+                                             "projection is linear (model.projection_dim)")  # fmt: skip
+        weights = _file(model_name, f"{path}/model.safetensors")
+        if weights is None:
+            raise UnsupportedCheckpointError(f"{model_name}: its Dense layer has no {path}/model.safetensors")
+        dense = {k: config[k] for k in ("in_features", "out_features")} | {"bias": bool(config.get("bias", True)),
+                                                                           "weights": str(weights)}  # fmt: skip
+    return Recipe(str(modules_file.parent), settings, dense)
 
 
-def apply_recipe(model_name: str, given: dict, defaults: dict) -> dict:
+def apply_recipe(model_name: str, given: dict, defaults: dict, recipe: Recipe | None = None) -> dict:
     """``given`` settings (None: not set) completed from the checkpoint's recipe, then from ``defaults``; a given
     value that differs from the recipe's is logged, naming the key."""
-    recipe = read_recipe(model_name)
+    recipe = read_recipe(model_name) if recipe is None else recipe  # None from a plain folder: defaults only
     prescribed = recipe.settings if recipe is not None else {}
     out = {}
     for key, default in defaults.items():
