@@ -51,6 +51,16 @@ def log_run_config(loggers: list[Logger], cfg: DictConfig) -> None:
         logger.log_hyperparams(params)
 
 
+def log_final_figures(loggers: list[Logger], figures: dict, step: int, summary_extra: dict | None = None) -> None:
+    """Log a run's final ``figures`` at ``step``; for wandb also into the run summary (with ``summary_extra``), which
+    holds them whatever is logged later."""
+    for logger in loggers:
+        logger.log_metrics(figures, step)
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(figures | (summary_extra or {}))
+        logger.save()  # Lightning finalizes its loggers at the end of fit; this writes what came after
+
+
 def finish_loggers(loggers: list[Logger], failed: bool = False) -> None:
     """Close wandb runs (always, also after an error), so offline runs are complete on disk."""
     if any(isinstance(lg, WandbLogger) for lg in loggers):
@@ -71,11 +81,7 @@ def log_evaluation(cfg: DictConfig, results: dict, splits, job_type: str = "eval
     failed = True
     try:
         log_run_config(loggers, cfg if config is None else config)
-        for logger in loggers:
-            logger.log_metrics(flat, step=0)
-            if isinstance(logger, WandbLogger):
-                logger.experiment.summary.update(flat)
-            logger.save()
+        log_final_figures(loggers, flat, step=0)
         failed = False
     finally:
         finish_loggers(loggers, failed)

@@ -65,10 +65,12 @@ class AnnNegatives(NegativeSampler):
         self._checked_at = float("-inf")
         self.schedule: tuple[int, int] | None = None  # (refresh every n steps, batches per step) under sync
         self._loaded: dict[int, tuple[int, tables.NegativesTable]] = {}  # version -> (file mtime, table)
+        self._batch_table: tuple[int, tables.NegativesTable | None] | None = None  # the last batch's choice
 
     def follow_schedule(self, every_n_steps: int | None, accumulate: int = 1) -> None:
         """Tables are published after every ``every_n_steps`` optimizer steps (index_refresh=sync); None: never."""
         self.schedule = None if every_n_steps is None else (int(every_n_steps), int(accumulate))
+        self._batch_table = None
 
     @property
     def version(self) -> int | None:
@@ -124,13 +126,16 @@ class AnnNegatives(NegativeSampler):
     def table_for_batch(self, batch: int) -> tables.NegativesTable | None:
         """Under ``follow_schedule``: the table of global batch ``batch`` (see the class docstring), waiting in a
         data-loader worker until the refresh that precedes the batch has published it."""
+        if self._batch_table is not None and self._batch_table[0] == batch:  # its other examples: no file reads
+            return self._batch_table[1]
         every, accumulate = self.schedule
         step = (batch - 1) // accumulate  # the last refresh this batch follows ran after this step (-1: none)
         due = every * (step // every) if step >= every else 0
         parent, waited = os.getppid(), time.monotonic()
         while True:
             table, newest_step = self._newest_by(step)
-            if due == 0 or newest_step >= due:
+            if due == 0 or newest_step >= due:  # final: the next refresh comes after ``step``
+                self._batch_table = (batch, table)
                 return table
             if torch_worker() is None:
                 raise RuntimeError(f"batch {batch} needs the negatives table of the refresh at step {due}, which "

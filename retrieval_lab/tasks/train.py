@@ -12,9 +12,9 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import WandbLogger
 
 from retrieval_lab.callbacks.dev_eval import DevEvaluation
+from retrieval_lab.loggers.setup import log_final_figures
 from retrieval_lab.models.export import export_encoder
 from retrieval_lab.retrievers.base import Retriever
 from retrieval_lab.retrievers.colbert import ColbertRetriever
@@ -106,12 +106,9 @@ def evaluate_best(cfg: DictConfig, result: FitResult, splits, metrics, top_k: in
     results["train"] = training_summary(result, best, seconds)
     if costs := retrieval_costs(retriever):
         results["retrieval"] = costs
-    for logger in result.loggers:
-        logger.log_metrics({f"{s}/{k}": v for s in splits for k, v in results[s].items()}, result.trainer.global_step)
-        if isinstance(logger, WandbLogger):  # the run summary holds the final figures, whatever is logged later
-            numbers = {f"train/{k}": v for k, v in results["train"].items() if isinstance(v, int | float)}
-            logger.experiment.summary.update({f"{s}/{k}": v for s in splits for k, v in results[s].items()} | numbers)
-        logger.save()  # Lightning already finalized the loggers at the end of fit
+    numbers = {f"train/{k}": v for k, v in results["train"].items() if isinstance(v, int | float)}
+    figures = {f"{s}/{k}": v for s in splits for k, v in results[s].items()}
+    log_final_figures(result.loggers, figures, result.trainer.global_step, summary_extra=numbers)
     if export:
         results["train"]["export"] = export_encoder(result.model.encoder, output_dir / "export")
     write_json(output_dir / "metrics.json", results)
