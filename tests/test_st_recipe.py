@@ -109,6 +109,8 @@ def test_a_lab_export_with_a_projection_reloads_it_and_sentence_transformers_agr
     torch.manual_seed(0)
     lab = BiEncoder(config_overrides=TINY_BERT, projection_dim=8, query_prefix="q: ").eval()
     folder = export_encoder(lab, tmp_path / "export")["sentence-transformers"]
+    card = (Path(folder) / "README.md").read_text()  # written by sentence-transformers' own save: its model card
+    assert "library_name: sentence-transformers" in card and "8-dimensional" in card
     reloaded = BiEncoder(str(folder)).eval()  # the Dense layer becomes the projection, weights and all
     assert reloaded.projection.out_features == 8 and reloaded.query_prefix == "q: "
     np.testing.assert_allclose(_lab(reloaded, TEXTS, "query"), _lab(lab, TEXTS, "query"), atol=1e-6)

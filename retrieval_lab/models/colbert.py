@@ -9,22 +9,20 @@ L2-normalized; document vectors of punctuation tokens and padding are zeroed, wh
 
 from __future__ import annotations
 
-import json
+import logging
 import string
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
-from retrieval_lab.models.backbone import load_backbone, load_tokenizer, resolve_model_path
+from retrieval_lab.models.backbone import load_backbone, load_tokenizer
 from retrieval_lab.models.base import Batch, Encoder
+from retrieval_lab.models.colbert_formats import read_colbert_checkpoint
 from retrieval_lab.scoring.maxsim import maxsim_scores
 
-CONFIG_FILE = "colbert_config.json"  # the ColBERT settings of an exported folder
-PROJECTION_FILE = "colbert_projection.safetensors"  # the linear projection of an exported folder
+log = logging.getLogger(__name__)
 DEFAULTS = {
     "dim": 128,
     "query_max_length": 32,
@@ -40,17 +38,13 @@ DEFAULTS = {
 PROJECTION_INITS = ("random", "pca")
 
 
-def saved_settings(model_name: str) -> dict:
-    """The ColBERT settings stored beside an exported model (``{}`` for a plain Hugging Face encoder)."""
-    path = Path(resolve_model_path(model_name)) / CONFIG_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 class ColBERT(Encoder):
-    """Late-interaction encoder over any Hugging Face encoder, or a folder exported by ``models/export.py``.
+    """Late-interaction encoder over any Hugging Face encoder, or a ColBERT checkpoint in PyLate's, Stanford
+    colbert-ir's or the lab's layout (``models/colbert_formats.py``).
 
-    Settings left at None come from the folder's ``colbert_config.json`` where there is one, else from
-    ``DEFAULTS``; an exported projection is loaded unless ``config_overrides`` asks for random init.
+    Settings left at None come from the checkpoint where it has them, else from ``DEFAULTS``; its projection is
+    loaded unless ``config_overrides`` asks for random init. A model without one gets a new projection
+    (``projection_init``) and says so.
     """
 
     multi_vector = True
@@ -70,7 +64,9 @@ class ColBERT(Encoder):
     ) -> None:
         super().__init__()
         given = {k: v for k, v in locals().items() if k in DEFAULTS and v is not None}
-        self.settings = DEFAULTS | saved_settings(model_name) | given
+        checkpoint = read_colbert_checkpoint(model_name)
+        saved = checkpoint.settings if checkpoint is not None else {}
+        self.settings = DEFAULTS | {k: v for k, v in saved.items() if k in DEFAULTS} | given
         for key in ("query_max_length", "doc_max_length"):
             if self.settings[key] < 4:
                 raise ValueError(f"model.{key} must be at least 4 ([CLS], marker, a token, [SEP])")
@@ -80,6 +76,7 @@ class ColBERT(Encoder):
             raise ValueError(f"model.projection_init must be one of {PROJECTION_INITS}, got "
                              f"{self.settings['projection_init']!r}")  # fmt: skip
         self.tokenizer = load_tokenizer(model_name)
+        self._distinct_pad_token(model_name)
         self.backbone = load_backbone(model_name, config_overrides)
         self.query_marker_id = self._marker_id(self.settings["query_marker"])
         self.doc_marker_id = self._marker_id(self.settings["doc_marker"])
@@ -87,14 +84,24 @@ class ColBERT(Encoder):
         if self.settings["projection_init"] == "pca" and self.settings["dim"] > self.backbone.config.hidden_size:
             raise ValueError(f"model.projection_init=pca needs model.dim <= the backbone's hidden size "
                              f"{self.backbone.config.hidden_size}, got {self.settings['dim']}")  # fmt: skip
-        weights = Path(resolve_model_path(model_name)) / PROJECTION_FILE
-        self.projection_loaded = weights.is_file() and not config_overrides
+        self.projection_loaded = checkpoint is not None and checkpoint.projection is not None and not config_overrides
         if self.projection_loaded:
-            self._load_projection(weights)
+            self._load_projection(checkpoint.projection, f"{model_name} ({checkpoint.layout} layout)")
+        else:
+            log.warning("%s has no ColBERT projection to load: projection.weight (%d x %d) starts from "
+                        "projection_init=%s", model_name, self.settings["dim"], self.backbone.config.hidden_size,
+                        self.settings["projection_init"])  # fmt: skip
         self.query_max_length = int(self.settings["query_max_length"])
         self.doc_max_length = int(self.settings["doc_max_length"])
         self.attend_to_mask_tokens = bool(self.settings["attend_to_mask_tokens"])
-        skip = self._punctuation_ids() if self.settings["skip_punctuation"] else []
+        words = checkpoint.skiplist_words if checkpoint is not None else None
+        skip = (
+            []
+            if not self.settings["skip_punctuation"]
+            else self._skiplist_ids(words)
+            if words
+            else self._punctuation_ids()
+        )
         self.register_buffer("skip_ids", torch.tensor(skip, dtype=torch.long), persistent=False)
 
     def _marker_id(self, marker: str) -> int:
@@ -105,11 +112,21 @@ class ColBERT(Encoder):
             token_id = self.tokenizer.convert_tokens_to_ids(marker)
         return int(token_id)
 
-    def _load_projection(self, path: Path) -> None:
-        weight = load_file(str(path))["weight"]
+    def _distinct_pad_token(self, model_name: str) -> None:
+        """PyLate saves tokenizers whose padding token is [MASK]; the lab tells query padding ([MASK], scored) from
+        batch padding by id, so it pads with the vocabulary's own [PAD]."""
+        tok = self.tokenizer
+        if tok.mask_token_id is None or tok.pad_token_id != tok.mask_token_id:
+            return
+        pad = tok.convert_tokens_to_ids("[PAD]")
+        if pad is None or pad == tok.unk_token_id:
+            raise ValueError(f"{model_name}: its tokenizer pads with the mask token and has no [PAD] token")
+        tok.pad_token = "[PAD]"
+
+    def _load_projection(self, weight: torch.Tensor, source: str) -> None:
         if weight.shape != self.projection.weight.shape:
             raise ValueError(
-                f"{path} holds a {tuple(weight.shape)} projection but model.dim={self.settings['dim']} asks for "
+                f"{source} holds a {tuple(weight.shape)} projection but model.dim={self.settings['dim']} asks for "
                 f"{tuple(self.projection.weight.shape)}: leave model.dim at null to use the saved one"
             )
         self.projection.weight.data.copy_(weight)
@@ -144,6 +161,15 @@ class ColBERT(Encoder):
             _, _, vh = torch.linalg.svd(x - x.mean(dim=0), full_matrices=False)  # rows: principal directions
             self.projection.weight.copy_(vh[: self.settings["dim"]].to(self.projection.weight.dtype))
         self.train(was_training)
+
+    def _skiplist_ids(self, words: Sequence[str]) -> list[int]:
+        """Vocabulary ids of a checkpoint's skiplist tokens (PyLate's ``skiplist_words``)."""
+        ids = {self.tokenizer.convert_tokens_to_ids(w) for w in words}
+        return sorted(i for i in ids if i is not None and i != self.tokenizer.unk_token_id)
+
+    def skiplist_tokens(self) -> list[str]:
+        """The tokens whose document vectors are dropped, as a PyLate ``skiplist_words`` list."""
+        return self.tokenizer.convert_ids_to_tokens(self.skip_ids.tolist())
 
     def _punctuation_ids(self) -> list[int]:
         """Vocabulary ids of the punctuation symbols that tokenize to a single token (ColBERT's skiplist)."""

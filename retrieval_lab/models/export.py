@@ -1,35 +1,25 @@
-"""Export a trained BiEncoder to a plain Hugging Face folder and a sentence-transformers folder, or a ColBERT
-to a Hugging Face folder plus its projection and settings (which ``ColBERT(model_name=folder)`` reloads).
+"""Export a trained BiEncoder to a plain Hugging Face folder and a sentence-transformers folder (written by
+sentence-transformers' own ``save``, model card included), or a ColBERT in PyLate's layout (which
+``ColBERT(model_name=folder)`` and PyLate both load).
 
-The sentence-transformers layout is written directly (``modules.json``, a Pooling, optional Dense and
-Normalize module), so exporting needs no sentence-transformers install; ``tests/test_training_pieces.py``
-loads the result with sentence-transformers and checks it gives the lab's vectors.
+``tests/test_training_pieces.py`` and ``tests/test_st_recipe.py`` load the exports with sentence-transformers
+and check they give the lab's vectors; ``tests/test_colbert_formats.py`` does the same for PyLate.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import tempfile
 from pathlib import Path
 
-from safetensors.torch import save_file
+import torch
 
 from retrieval_lab.models.biencoder import BiEncoder
-from retrieval_lab.models.colbert import CONFIG_FILE, PROJECTION_FILE, ColBERT
+from retrieval_lab.models.colbert import ColBERT
+from retrieval_lab.models.colbert_formats import save_pylate
 from retrieval_lab.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
-
-_ST_TYPES = {
-    "pooling": "sentence_transformers.models.Pooling",
-    "dense": "sentence_transformers.models.Dense",
-    "normalize": "sentence_transformers.models.Normalize",
-}
-
-
-def _write_json(path: Path, obj: dict | list) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def save_hf(encoder: BiEncoder, folder: Path) -> list[Path]:
@@ -45,55 +35,45 @@ def save_hf(encoder: BiEncoder, folder: Path) -> list[Path]:
     return written
 
 
+def _st_modules():
+    try:  # sentence-transformers >= 6 moved its modules
+        from sentence_transformers.sentence_transformer import modules
+    except ImportError:
+        from sentence_transformers import models as modules
+    return modules
+
+
 def save_sentence_transformers(encoder: BiEncoder, folder: Path) -> Path:
-    """Transformer -> Pooling -> (Dense) -> (Normalize), with the query/document prefixes as prompts."""
+    """Transformer -> Pooling -> (Dense) -> (Normalize), with the query/document prefixes as prompts, written by
+    sentence-transformers' own ``save`` (its model card included)."""
+    from sentence_transformers import SentenceTransformer
+
     if encoder.query_tower is not encoder.doc_tower:
         raise ValueError("a sentence-transformers folder holds one tower; this encoder has separate towers")
-    save_hf(encoder, folder)
-    hidden = encoder.query_tower.config.hidden_size
-    _write_json(folder / "sentence_bert_config.json", {"max_seq_length": encoder.doc_max_length,
-                                                       "do_lower_case": False})  # fmt: skip
-    _write_json(folder / "config_sentence_transformers.json", {
-        "prompts": {"query": encoder.query_prefix, "document": encoder.doc_prefix},
-        "default_prompt_name": None,
-        "similarity_fn_name": "cosine" if encoder.similarity == "cosine" else "dot",
-    })  # fmt: skip
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
-
-    def add(kind: str, config: dict | None = None) -> Path:
-        idx = len(modules)
-        path = f"{idx}_{kind.capitalize()}"
-        modules.append({"idx": idx, "name": str(idx), "path": path, "type": _ST_TYPES[kind]})
-        if config is not None:
-            _write_json(folder / path / "config.json", config)
-        (folder / path).mkdir(parents=True, exist_ok=True)
-        return folder / path
-
-    add("pooling", {
-        "word_embedding_dimension": hidden,
-        "pooling_mode_cls_token": encoder.pooling == "cls",
-        "pooling_mode_mean_tokens": encoder.pooling == "mean",
-        "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-    })  # fmt: skip
+    st = _st_modules()
+    with tempfile.TemporaryDirectory() as hf:
+        save_hf(encoder, Path(hf))
+        transformer = st.Transformer(hf, max_seq_length=encoder.doc_max_length)
+    modules = [transformer, st.Pooling(encoder.query_tower.config.hidden_size, encoder.pooling)]
     if encoder.projection is not None:
         proj = encoder.projection
-        path = add("dense", {"in_features": proj.in_features, "out_features": proj.out_features, "bias": True,
-                             "activation_function": "torch.nn.modules.linear.Identity"})  # fmt: skip
-        weights = {"linear.weight": proj.weight.detach().cpu().contiguous(), "linear.bias": proj.bias.detach().cpu()}
-        save_file(weights, str(path / "model.safetensors"))
+        dense = st.Dense(proj.in_features, proj.out_features, bias=True, activation_function=torch.nn.Identity())
+        dense.linear.load_state_dict(proj.state_dict())
+        modules.append(dense)
     if encoder.normalize:
-        add("normalize")
-    _write_json(folder / "modules.json", modules)
+        modules.append(st.Normalize())
+    model = SentenceTransformer(modules=modules, device="cpu",
+                                prompts={"query": encoder.query_prefix, "document": encoder.doc_prefix},
+                                similarity_fn_name="cosine" if encoder.similarity == "cosine" else "dot")  # fmt: skip
+    model.save(str(folder))
     return folder
 
 
 def save_colbert(encoder: ColBERT, folder: Path) -> Path:
-    """The backbone and tokenizer (markers included) via ``save_pretrained``, the projection, the settings."""
-    encoder.backbone.save_pretrained(folder)
-    encoder.tokenizer.save_pretrained(folder)
-    save_file({"weight": encoder.projection.weight.detach().cpu().contiguous()}, str(folder / PROJECTION_FILE))
-    _write_json(folder / CONFIG_FILE, dict(encoder.settings))
+    """PyLate's layout: the backbone and tokenizer (markers included), ``1_Dense`` with the projection, and the
+    ColBERT settings in ``config_sentence_transformers.json``; the lab and PyLate both load it."""
+    save_pylate(encoder.backbone, encoder.tokenizer, encoder.projection.weight, encoder.settings,
+                encoder.skiplist_tokens(), folder)  # fmt: skip
     return folder
 
 

@@ -70,6 +70,9 @@ def read_recipe(model_name: str) -> Recipe | None:
     if modules_file is None:
         return None
     modules = _json(modules_file)
+    if any(m["type"].startswith("pylate.") for m in modules):
+        raise UnsupportedCheckpointError(f"{model_name} is a multi-vector (PyLate ColBERT) checkpoint: load it with "
+                                         "model=colbert")  # fmt: skip
     kinds = {m["type"].rsplit(".", 1)[-1]: m for m in modules}
     if unknown := sorted(set(kinds) - KNOWN):
         raise UnsupportedCheckpointError(f"{model_name}: modules {unknown} in modules.json are not supported (only "
