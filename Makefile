@@ -20,12 +20,12 @@ test-all:  ## everything, slow tests included (minutes)
 	RETRIEVAL_LAB_DATA=$${RETRIEVAL_LAB_DATA:-$(DATA)} $(PYTHON) -m pytest
 
 lint:  ## ruff check and format check
-	$(PYTHON) -m ruff check retrieval_lab tests benchmarks
-	$(PYTHON) -m ruff format --check retrieval_lab tests benchmarks
+	$(PYTHON) -m ruff check retrieval_lab conf tests benchmarks
+	$(PYTHON) -m ruff format --check retrieval_lab conf tests benchmarks
 
 format:  ## apply ruff fixes and formatting
-	$(PYTHON) -m ruff check --fix retrieval_lab tests benchmarks
-	$(PYTHON) -m ruff format retrieval_lab tests benchmarks
+	$(PYTHON) -m ruff check --fix retrieval_lab conf tests benchmarks
+	$(PYTHON) -m ruff format retrieval_lab conf tests benchmarks
 
 bench:  ## the benchmarks (minutes; print tables and a JSON line each; train_step needs pip install -e ".[bench]")
 	RETRIEVAL_LAB_DATA=$${RETRIEVAL_LAB_DATA:-$(DATA)} $(PYTHON) benchmarks/bm25.py

@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 import retrieval_lab
+import retrieval_lab.conf
 from retrieval_lab.callbacks.index_refresh import SyncIndexRefresh
 from retrieval_lab.data.beir import Document
 from retrieval_lab.negatives import table as tables
@@ -26,7 +27,7 @@ from retrieval_lab.training.fit import fit
 from retrieval_lab.utils.instantiate import make
 from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_CORPUS, TINY_MODEL_OVERRIDES, TRAIN_QRELS
 
-CONF = Path(retrieval_lab.__file__).parent / "conf"
+CONF = Path(retrieval_lab.conf.__file__).parent  # conf/ at the top level, installed as retrieval_lab.conf
 # 16 training queries in batches of 4: 4 steps an epoch, 8 in all; refreshes after steps 2, 4 and 6 (none after
 # the last). top_k 3 of 24 documents, so a table is a real choice, not the whole corpus.
 ANCE = [o for o in FAST_TRAIN_OVERRIDES if not o.startswith("negatives=")] + [

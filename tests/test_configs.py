@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import retrieval_lab
+import retrieval_lab.conf
 from retrieval_lab.generation.base import Generator
 from retrieval_lab.main import train
 from retrieval_lab.negatives.base import NegativeSampler
@@ -20,7 +21,7 @@ from retrieval_lab.utils.instantiate import instantiate_callbacks
 from tests.conftest import FAST_TRAIN_OVERRIDES, TINY_MODEL_OVERRIDES, require_llm_packages
 from tests.helpers import assert_scored_from_its_run
 
-CONF = Path(retrieval_lab.__file__).parent / "conf"
+CONF = Path(retrieval_lab.conf.__file__).parent  # conf/ at the top level, installed as retrieval_lab.conf
 GROUPS = (
     "task", "data", "retriever", "model", "paths", "objective", "negatives",
     "datamodule", "module", "callbacks", "index_refresh", "logger", "trainer", "experiment", "pretrain_task",
@@ -266,6 +267,17 @@ def test_a_wrong_type_fails_at_composition_naming_the_key(compose_cfg, override,
     compose_cfg([*choose, override.split("=")[0] + "=7"] if key != "model.normalize" else [*choose, f"{key}=false"])
 
 
+def test_the_package_list_names_every_package():
+    """pyproject.toml lists the packages by hand (conf/ maps to retrieval_lab.conf): a new sub-package must be
+    added there, or a non-editable install leaves it out."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    repo = Path(retrieval_lab.__file__).resolve().parent.parent
+    setuptools = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join(p.parent.relative_to(repo).parts) for p in (repo / "retrieval_lab").rglob("__init__.py")}
+    assert set(setuptools["packages"]) == found | {"retrieval_lab.conf"}
+    assert setuptools["package-dir"] == {"retrieval_lab.conf": "conf"} and (repo / "conf/config.yaml").is_file()
+
+
 def test_an_installed_wheel_finds_its_configs(tmp_path):
     """A non-editable install: the wheel pip builds from the repository, unpacked away from it, composes the
     lab's config (every group's YAML shipped as package data) and instantiates from it."""
@@ -278,6 +290,9 @@ def test_an_installed_wheel_finds_its_configs(tmp_path):
     built = subprocess.run([*command, str(tmp_path / "wheel"), str(repo)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = (tmp_path / "wheel").glob("retrieval_lab-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "retrieval_lab/conf/config.yaml" in names and "retrieval_lab/conf/schemas.py" in names
+    assert not any(n.startswith("conf/") for n in names)  # no top-level package named conf
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
     probe = (
         "import retrieval_lab, sys; from hydra import compose, initialize_config_module;"

@@ -216,7 +216,7 @@ def test_fractions_of_one_pretraining_share_the_cached_stage(compose_cfg, reqa_r
     assert not (stages[0].name.endswith(pretrain_key(other)))  # another task, another stage
 
 
-ARMS = sorted(p.stem for p in (Path(__file__).parents[1] / "retrieval_lab/conf/experiment/pretrain_arm").glob("*.yaml"))
+ARMS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf/experiment/pretrain_arm").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("arm", ARMS)
@@ -232,7 +232,7 @@ def test_every_ablation_arm_composes(compose_cfg, arm):
 def test_ablation_is_one_multirun_over_every_arm_and_two_fractions():
     from omegaconf import OmegaConf
 
-    sweep = OmegaConf.load(Path(__file__).parents[1] / "retrieval_lab/conf/experiment/pretrain_ablation.yaml")
+    sweep = OmegaConf.load(Path(__file__).parents[1] / "conf/experiment/pretrain_ablation.yaml")
     assert sweep.hydra.mode == "MULTIRUN"
     assert sorted(sweep.hydra.sweeper.params["+experiment/pretrain_arm"].split(",")) == ARMS
     assert sweep.hydra.sweeper.params["data.train_fraction"].split(",") == ["0.01", "0.05"]
@@ -241,7 +241,7 @@ def test_ablation_is_one_multirun_over_every_arm_and_two_fractions():
 def test_retromae_mask_grid_is_one_multirun_of_distinct_stages(compose_cfg):
     from omegaconf import OmegaConf
 
-    conf = Path(__file__).parents[1] / "retrieval_lab/conf/experiment"
+    conf = Path(__file__).parents[1] / "conf/experiment"
     params = OmegaConf.load(conf / "retromae_masks.yaml").hydra.sweeper.params
     assert params["pretrain_task.encoder_mask"] == "0.15,0.3" and params["pretrain_task.decoder_mask"] == "0.5,0.7"
     keys = set()
