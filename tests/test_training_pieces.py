@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,4 +161,26 @@ def test_export_loads_in_sentence_transformers_with_the_same_vectors(tmp_path, k
     ours_q = encode_texts(encoder, texts, "queries", precision="fp32", show_progress=False)
     np.testing.assert_allclose(model.encode(texts, prompt_name="query"), ours_q, atol=1e-5)
     hf = written["hf"]
-    assert (tmp_path / "export" / "hf" / "config.json").exists() and hf.endswith("hf")
+    assert (tmp_path / "export" / "hf" / "config.json").exists() and hf == written["sentence-transformers"]
+    # The lab reloads the whole encoder from export/hf: pooling, projection, normalisation and prompts.
+    reloaded = BiEncoder(hf)
+    np.testing.assert_allclose(encode_texts(reloaded, texts, "queries", precision="fp32", show_progress=False), ours_q,
+                               atol=1e-5)  # fmt: skip
+
+
+def test_separate_towers_export_one_complete_model_each(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    torch.manual_seed(0)
+    encoder = BiEncoder(config_overrides=TINY_BERT, shared=False, projection_dim=8, query_prefix="q: ")
+    with torch.no_grad():
+        for p in encoder.doc_tower.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # the towers differ, as after training
+    written = export_encoder(encoder, tmp_path / "export")
+    assert set(written) == {"hf"}
+    texts = [f"{t} {x}" for t, x in TRAIN_CORPUS.values()][:4]
+    for side, tower in (("queries", "query"), ("docs", "doc")):
+        model = SentenceTransformer(str(Path(written["hf"]) / tower), device="cpu")
+        ours = encode_texts(encoder, texts, side, precision="fp32", show_progress=False)
+        theirs = model.encode(texts, prompt_name="query" if side == "queries" else "document")
+        np.testing.assert_allclose(theirs, ours, atol=1e-5)

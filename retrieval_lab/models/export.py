@@ -1,6 +1,8 @@
-"""Export a trained BiEncoder to a plain Hugging Face folder and a sentence-transformers folder (written by
-sentence-transformers' own ``save``, model card included), or a ColBERT in PyLate's layout (which
-``ColBERT(model_name=folder)`` and PyLate both load).
+"""Export a trained BiEncoder to ``hf``: a folder that is both a Hugging Face model (``AutoModel`` loads the
+backbone) and a sentence-transformers one written by its own ``save`` (pooling, projection, normalisation and
+prompts, model card included), so the lab, sentence-transformers and transformers all load it; separate towers
+give ``hf/query`` and ``hf/doc``. A ColBERT is exported in PyLate's layout (which ``ColBERT(model_name=folder)``
+and PyLate both load).
 
 ``tests/test_training_pieces.py`` and ``tests/test_st_recipe.py`` load the exports with sentence-transformers
 and check they give the lab's vectors; ``tests/test_colbert_formats.py`` does the same for PyLate.
@@ -22,19 +24,6 @@ from retrieval_lab.utils.io import atomic_dir
 log = logging.getLogger(__name__)
 
 
-def save_hf(encoder: BiEncoder, folder: Path) -> list[Path]:
-    """The backbone(s) and tokenizer via ``save_pretrained``; two sub-folders where the towers differ."""
-    towers = {"": encoder.query_tower} if encoder.query_tower is encoder.doc_tower else {
-        "query": encoder.query_tower, "doc": encoder.doc_tower}  # fmt: skip
-    written = []
-    for sub, tower in towers.items():
-        target = folder / sub if sub else folder
-        tower.save_pretrained(target)
-        encoder.tokenizer.save_pretrained(target)
-        written.append(target)
-    return written
-
-
 def _st_modules():
     try:  # sentence-transformers >= 6 moved its modules
         from sentence_transformers.sentence_transformer import modules
@@ -43,16 +32,16 @@ def _st_modules():
     return modules
 
 
-def save_sentence_transformers(encoder: BiEncoder, folder: Path) -> Path:
-    """Transformer -> Pooling -> (Dense) -> (Normalize), with the query/document prefixes as prompts, written by
-    sentence-transformers' own ``save`` (its model card included)."""
+def save_sentence_transformers(encoder: BiEncoder, folder: Path, tower: torch.nn.Module | None = None) -> Path:
+    """One tower (the query tower by default) as Transformer -> Pooling -> (Dense) -> (Normalize), with the
+    query/document prefixes as prompts, written by sentence-transformers' own ``save`` (its model card included).
+    The folder is a plain Hugging Face one too: ``AutoModel`` loads the backbone from it."""
     from sentence_transformers import SentenceTransformer
 
-    if encoder.query_tower is not encoder.doc_tower:
-        raise ValueError("a sentence-transformers folder holds one tower; this encoder has separate towers")
     st = _st_modules()
     with tempfile.TemporaryDirectory() as hf:
-        save_hf(encoder, Path(hf))
+        (tower or encoder.query_tower).save_pretrained(hf)
+        encoder.tokenizer.save_pretrained(hf)
         transformer = st.Transformer(hf, max_seq_length=encoder.doc_max_length)
     modules = [transformer, st.Pooling(encoder.query_tower.config.hidden_size, encoder.pooling)]
     if encoder.projection is not None:
@@ -78,8 +67,8 @@ def save_colbert(encoder: ColBERT, folder: Path) -> Path:
 
 
 def export_encoder(encoder: BiEncoder | ColBERT, folder: str | Path) -> dict[str, str]:
-    """Writes ``folder/hf`` and, for a shared tower, ``folder/sentence-transformers`` (a ColBERT: ``folder/colbert``);
-    returns what it wrote.
+    """Writes ``folder/hf`` (a ColBERT: ``folder/colbert``); returns what it wrote (for a shared tower
+    ``sentence-transformers`` names the same folder as ``hf``).
 
     Each folder is filled under a temporary name and renamed into place, so no export is ever half-written.
     """
@@ -93,14 +82,14 @@ def export_encoder(encoder: BiEncoder | ColBERT, folder: str | Path) -> dict[str
             save_colbert(encoder, tmp)
         log.info("Exported the ColBERT encoder to %s", folder / "colbert")
         return {"colbert": str(folder / "colbert")}
-    written = {"hf": str(folder / "hf")}
     with atomic_dir(folder / "hf") as tmp:
-        save_hf(encoder, tmp)
-    if encoder.query_tower is encoder.doc_tower:
-        with atomic_dir(folder / "sentence-transformers") as tmp:
+        if encoder.query_tower is encoder.doc_tower:
             save_sentence_transformers(encoder, tmp)
-        written["sentence-transformers"] = str(folder / "sentence-transformers")
-    else:
-        log.warning("separate query and document towers: exported Hugging Face folders only")
+        else:  # one complete model per tower: the projection and pooling go with each
+            save_sentence_transformers(encoder, tmp / "query", encoder.query_tower)
+            save_sentence_transformers(encoder, tmp / "doc", encoder.doc_tower)
+    written = {"hf": str(folder / "hf")}
+    if encoder.query_tower is encoder.doc_tower:
+        written["sentence-transformers"] = written["hf"]  # the same folder serves both
     log.info("Exported the encoder to %s", written)
     return written
