@@ -70,6 +70,22 @@ def test_bf16_copy_runs_in_bf16_without_gradients(tiny_encoder):
     assert not copy_.training and all(p.dtype == torch.float32 for p in tiny_encoder.parameters())
 
 
+def test_int8_runs_quantized_linear_layers_on_a_copy(tiny_encoder):
+    before = {k: v.clone() for k, v in tiny_encoder.state_dict().items()}
+    fp32 = encode_texts(tiny_encoder, TEXTS, precision="fp32", show_progress=False)
+    int8 = encode_texts(tiny_encoder, TEXTS, precision="int8", show_progress=False)
+    assert not np.array_equal(int8, fp32)  # quantized: the vectors move ...
+    assert float((int8 * fp32).sum(1).min()) > 0.95  # ... but little (unit vectors: cosine to fp32's)
+    copy_ = encode.int8_copy(tiny_encoder)
+    quantized = [m for m in copy_.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert len(quantized) == sum(isinstance(m, torch.nn.Linear) for m in tiny_encoder.modules()) > 0
+    for key, value in tiny_encoder.state_dict().items():  # the original is untouched
+        assert torch.equal(value, before[key]), key
+    with pytest.raises(ValueError, match="CPU only"):
+        with encode._inference_encoder(tiny_encoder, "int8", torch.device("cuda")):
+            pass
+
+
 @pytest.mark.parametrize(
     ("amx", "avx512_bf16", "speedup", "expected"),
     [

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from retrieval_lab.models.base import Encoder
 
 SIDES = ("queries", "docs")
-PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16", "int8")
 
 
 def _pad(ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -89,6 +89,22 @@ def bf16_copy(encoder: Encoder) -> Encoder:
     return copy_.to(torch.bfloat16).eval()
 
 
+def int8_copy(encoder: Encoder) -> Encoder:
+    """A copy of ``encoder`` whose linear layers run int8 matrix products (PyTorch's dynamic quantization: weights
+    quantized once per output channel, activations per batch), for CPU inference; the attention products stay
+    fp32 and the original is left untouched. Opt-in (``precision=int8``), never ``auto``: the vectors change
+    (cosine to fp32's about 0.98 on MiniLM), so ``benchmarks/encode.py`` measures its speed and nDCG@10 beside
+    fp32's before a run relies on it."""
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated for torchao, still shipped
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(copy.deepcopy(encoder).cpu().eval(), {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                dtype=torch.qint8)  # fmt: skip
+
+
 @contextlib.contextmanager
 def _inference_encoder(encoder: Encoder, precision: str, device: torch.device) -> Iterator[Encoder]:
     """The module to run in eval mode under ``precision``: ``encoder`` itself for fp32 and bf16-autocast
@@ -96,6 +112,11 @@ def _inference_encoder(encoder: Encoder, precision: str, device: torch.device) -
     gradients stay as they are; its train/eval mode is restored."""
     if precision == "bf16":
         yield bf16_copy(encoder)
+        return
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ValueError(f"precision=int8 (dynamic quantization) runs on the CPU only, not {device}")
+        yield int8_copy(encoder)
         return
     was_training = encoder.training
     encoder.eval()
@@ -161,9 +182,9 @@ def encode_texts(
     """Encode ``texts`` as queries or documents; returns float32 vectors ``(N, d)`` in the input order.
 
     ``precision`` is ``fp32``, ``bf16-autocast`` (autocast around the forward), ``bf16`` (a bfloat16 copy of the
-    weights for the call) or ``auto`` (``bf16-autocast`` where bf16 is faster, else ``fp32``; see
-    ``resolve_precision`` and ``benchmarks/encode.py``). ``max_length`` cuts texts shorter than the encoder's
-    own max length.
+    weights for the call), ``int8`` (a dynamically quantized copy, CPU only: ``int8_copy``) or ``auto``
+    (``bf16-autocast`` where bf16 is faster, else ``fp32``; see ``resolve_precision`` and
+    ``benchmarks/encode.py``). ``max_length`` cuts texts shorter than the encoder's own max length.
     """
     rows, chunks = [], []
     for batch_rows, vectors in encoded_batches(
