@@ -5,9 +5,10 @@
 Same model (the packaged all-MiniLM-L6-v2), texts (title + text), max length 256 and batch size for every
 path. Rows: the lab with its default precision (``auto``: bf16 where the CPU or GPU has native bf16, fp32
 elsewhere), the lab forced to fp32, to bf16 and to int8 (dynamic quantization of the linear layers, opt-in:
-``retriever.precision=int8``), sentence-transformers in fp32 and under ``torch.autocast("cpu", torch.bfloat16)``. Each row's nDCG@10 comes from its own document vectors (queries
-encoded by the lab in fp32 for all rows). ``--docs N`` times a seeded subset of N documents that keeps every
-test positive (on CPUs without native bf16 the bf16 rows are very slow); nDCG@10 is then over that subset.
+``retriever.precision=int8``), sentence-transformers in fp32 and under ``torch.autocast("cpu", torch.bfloat16)``.
+Each row's nDCG@10 comes from its own document vectors (queries encoded by the lab in fp32 for all rows).
+``--docs N`` times a seeded subset of N documents that keeps every test positive (on CPUs without native bf16
+the bf16 rows are very slow); nDCG@10 is then over that subset.
 Last line: one JSON object with ``lab_docs_per_s``, ``st_fp32_docs_per_s``, ``st_bf16_docs_per_s``, ``ratio``
 (lab / st_fp32), ``ratio_bf16`` (lab / st_bf16), ``ratio_best_st`` and ``int8_ratio_best_st`` (the lab's default
 and its int8 path over the faster sentence-transformers row; the goal is 1.3 with nDCG@10 within 0.005) and each
