@@ -7,7 +7,9 @@ Every row runs in a fresh process (so its peak RSS is its own): MiniLM (the pack
 (query, positive) pairs, queries at 64 and documents at 128 tokens, InfoNCE at temperature 0.05 over in-batch
 documents, AdamW, fp32. Rows: the lab without caching, the lab with ``--chunk`` rows per chunk, and
 sentence-transformers' cached loss with the same mini-batch size. A row that runs out of memory (or past
-``--timeout`` seconds) is reported as such. Last line: one JSON object with every row and the ratios (lab cached /
+``--timeout`` seconds) is reported as such; ``--memory-limit-gib`` caps each row's address space (RLIMIT_AS), so a
+row that needs more fails with an allocation error instead of waking the kernel's OOM killer, which could take
+any process on the machine. Last line: one JSON object with every row and the ratios (lab cached /
 sentence-transformers cached, seconds per step and peak RSS) per batch size. Needs ``pip install -e ".[bench]"``.
 """
 
@@ -99,18 +101,21 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=32)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--timeout", type=int, default=1800)
+    parser.add_argument("--memory-limit-gib", type=float, default=None, help="each row's address-space cap")
     parser.add_argument("--row", choices=["lab_plain", "lab_cached", "st_cached"])
     parser.add_argument("--batch", type=int)
     args = parser.parse_args()
     if args.row:
         return one(args)
     rows, figures = [], {}
+    limit = None if args.memory_limit_gib is None else int(args.memory_limit_gib * 2**30)
+    cap = None if limit is None else lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     for batch in (int(b) for b in args.batches.split(",")):
         for row in ("lab_plain", "lab_cached", "st_cached"):
             cmd = [sys.executable, __file__, "--row", row, "--batch", str(batch), "--chunk", str(args.chunk),
                    "--steps", str(args.steps)]  # fmt: skip
             try:
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, preexec_fn=cap)
                 result = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {
                     "failed": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1][:120]}"}  # fmt: skip
             except subprocess.TimeoutExpired:
@@ -125,7 +130,8 @@ def main() -> None:
         if "failed" not in lab and "failed" not in st:
             ratios[batch] = {"s_per_step": round(lab["s_per_step"] / st["s_per_step"], 3),
                              "peak_rss": round(lab["peak_rss_gib"] / st["peak_rss_gib"], 3)}  # fmt: skip
-    print_json({"rows": figures, "ratio_lab_over_st_cached": ratios, "chunk": args.chunk, "machine": machine()})
+    print_json({"rows": figures, "ratio_lab_over_st_cached": ratios, "chunk": args.chunk,
+                "memory_limit_gib": args.memory_limit_gib, "machine": machine()})  # fmt: skip
 
 
 if __name__ == "__main__":
