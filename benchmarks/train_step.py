@@ -88,7 +88,7 @@ class HFTimer(TrainerCallback):
         self.t.end()
 
 
-def run_lab(pairs, batch_size: int, steps: int, precision: str) -> list[float]:
+def run_lab(pairs, batch_size: int, steps: int, precision: str, device: str = "cpu") -> list[float]:
     torch.manual_seed(0)
     encoder = BiEncoder(query_max_length=MAX_LENGTH, doc_max_length=MAX_LENGTH)
     optimizer = lambda params: torch.optim.AdamW(params, lr=LR)  # noqa: E731
@@ -98,7 +98,7 @@ def run_lab(pairs, batch_size: int, steps: int, precision: str) -> list[float]:
     loader = DataLoader(items, batch_size=batch_size, shuffle=False, collate_fn=TrainingCollator(encoder))
     times = StepTimes()
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, precision=precision, max_steps=steps, logger=False,
+        accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision, max_steps=steps, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         callbacks=[LightningTimer(times)],
     )  # fmt: skip
@@ -114,14 +114,14 @@ class InOrderBatchSampler(DefaultBatchSampler):
         super().__init__(SequentialSampler(dataset), batch_size=batch_size, drop_last=drop_last, **kwargs)
 
 
-def run_st(pairs, batch_size: int, steps: int, bf16: bool, out_dir: str) -> list[float]:
+def run_st(pairs, batch_size: int, steps: int, bf16: bool, out_dir: str, device: str = "cpu") -> list[float]:
     torch.manual_seed(0)
-    model = SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2"), device="cpu")
+    model = SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2"), device=device)
     model.max_seq_length = MAX_LENGTH
     data = Dataset.from_dict({"anchor": [q for q, _ in pairs], "positive": [d for _, d in pairs]})
     args = SentenceTransformerTrainingArguments(
         output_dir=out_dir, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=LR,
-        lr_scheduler_type="constant", warmup_steps=0, bf16=bf16, use_cpu=True, report_to="none",
+        lr_scheduler_type="constant", warmup_steps=0, bf16=bf16, use_cpu=device == "cpu", report_to="none",
         save_strategy="no", logging_steps=10_000, dataloader_drop_last=True, seed=0,
         batch_sampler=InOrderBatchSampler,
     )  # fmt: skip
@@ -141,18 +141,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precisions", default="fp32,bf16-mixed")
     parser.add_argument("--force-bf16", action="store_true")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
     total = args.steps + args.warmup
     pairs = scifact_pairs(total * args.batch_size)
-    rows, result = [], {"batch_size": args.batch_size, "max_length": MAX_LENGTH, "timed_steps": args.steps}
+    rows, result = [], {"batch_size": args.batch_size, "max_length": MAX_LENGTH, "timed_steps": args.steps,
+                        "device": args.device}  # fmt: skip
     for precision in args.precisions.split(","):
         bf16 = precision == "bf16-mixed"
-        if bf16 and not (has_fast_bf16(torch.device("cpu")) or args.force_bf16):
-            print(f"skipping {precision}: this CPU has no native bf16 (no AMX / AVX512-BF16); --force-bf16 runs it")
+        if bf16 and not (has_fast_bf16(torch.device(args.device)) or args.force_bf16):
+            print(f"skipping {precision}: no native bf16 on this {args.device}; --force-bf16 runs it")
             continue
-        lab = run_lab(pairs, args.batch_size, total, "bf16-mixed" if bf16 else "32-true")[args.warmup :]
+        lab = run_lab(pairs, args.batch_size, total, "bf16-mixed" if bf16 else "32-true", args.device)
         with tempfile.TemporaryDirectory() as out_dir:
-            st = run_st(pairs, args.batch_size, total, bf16, out_dir)[args.warmup :]
+            st = run_st(pairs, args.batch_size, total, bf16, out_dir, args.device)[args.warmup :]
+        lab = lab[args.warmup :]
         lab_sps, st_sps = len(lab) / sum(lab), len(st) / sum(st)
         tag = "bf16" if bf16 else "fp32"
         result.update({f"lab_{tag}_steps_per_s": round(lab_sps, 4), f"st_{tag}_steps_per_s": round(st_sps, 4),

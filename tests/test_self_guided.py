@@ -117,5 +117,10 @@ def test_sgopt_experiment_end_to_end_on_tiny_sts(compose_cfg, tmp_path, cache):
     assert metrics["dev"]["spearman"] == pytest.approx(metrics["train"]["best_dev_value"], abs=1e-4)  # the chosen
     out = tmp_path / "out"
     assert json.loads((out / "metrics.json").read_text()) == metrics and (out / "sts.test.tsv").exists()
+    from scipy.stats import spearmanr  # the other dataset's per-pair predictions give its reported figure
+
+    rows = [line.split("\t") for line in (out / "sts.sickr.test.tsv").read_text().splitlines()]
+    gold, predicted = zip(*((float(r[0]), float(r[1])) for r in rows), strict=True)
+    assert spearmanr(gold, predicted).statistic == pytest.approx(metrics["sickr"]["test"]["spearman"], abs=1e-4)
     state = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert any(k.startswith("objective.frozen.") for k in state["state_dict"])  # a resumed run keeps BERT_F

@@ -45,7 +45,8 @@ def score_pairs(encoder: Encoder, pairs: Sequence[StsPair], batch_size: int = 64
 
 
 def evaluate_sts(encoder: Encoder, dataset: StsDataset, splits: Sequence[str], output_dir: str | Path | None = None,
-                 **encode_args) -> dict[str, dict[str, float]]:  # fmt: skip
+                 name: str = "", **encode_args) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Correlations per split; with ``output_dir`` the per-pair predictions too, ``sts.[<name>.]<split>.tsv``."""
     results = {}
     for split in splits:
         pairs = dataset.splits[split]
@@ -54,7 +55,8 @@ def evaluate_sts(encoder: Encoder, dataset: StsDataset, splits: Sequence[str], o
         log.info("%s %s: %s", dataset.name, split, results[split])
         if output_dir is not None:
             rows = [f"{p.score}\t{s:.6f}\t{p.sentence1}\t{p.sentence2}" for p, s in zip(pairs, predicted, strict=True)]
-            atomic_write_text(Path(output_dir) / f"sts.{split}.tsv", "\n".join(rows) + "\n")
+            file = f"sts.{name}.{split}.tsv" if name else f"sts.{split}.tsv"
+            atomic_write_text(Path(output_dir) / file, "\n".join(rows) + "\n")
     return results
 
 

@@ -5,7 +5,8 @@ the step-0 baseline), then score the chosen weights on the STS splits and on oth
     python -m retrieval_lab experiment=sgopt_stsb
 
 Writes ``metrics.json``: ``{"dev": {...}, "test": {...}, "<other>": {"test": {...}}, "train": {...}}`` (Spearman,
-Pearson, pairs per split), ``sts.<split>.tsv`` for the run's own data and the exported encoder.
+Pearson, pairs per split), the per-pair predictions (``sts.<split>.tsv``; ``sts.<other>.test.tsv`` for each of
+``task.also``) and the exported encoder.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _evaluate(cfg: DictConfig, result, splits, also: Mapping, encode: dict, expo
     sts = result.datamodule.sts
     results: dict = evaluate_sts(encoder, sts, [result.datamodule.dev_split, *splits], output_dir, **encode)
     for name, conf in (also or {}).items():
-        results[name] = evaluate_sts(encoder, make(conf), ["test"], **encode)
+        results[name] = evaluate_sts(encoder, make(conf), ["test"], output_dir, name=name, **encode)
     results["train"] = training_summary(result, best, seconds)
     for logger in result.loggers:
         flat = {f"{s}/{k}": v for s, m in results.items() if s != "train" for k, v in _flatten(m).items()}
