@@ -232,6 +232,24 @@ def test_task_pretrain_writes_weights_that_init_from_loads(compose_cfg, wiki_roo
     assert all(torch.equal(v, saved[k]) for k, v in encoder.state_dict().items())
 
 
+def test_init_from_a_training_run_takes_its_dev_chosen_checkpoint(tmp_path, caplog):
+    from retrieval_lab.pretrain.stage import _weights_file
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("best-step50.ckpt", "best-step100.ckpt", "last.ckpt", "start.ckpt"):
+        (run / "checkpoints" / name).write_bytes(b"")
+    assert _weights_file(run) == run / "checkpoints" / "last.ckpt" and "unfinished" in caplog.text  # no metrics.json
+    chosen = {"train": {"best_checkpoint": "/elsewhere/run/checkpoints/best-step50.ckpt"}}  # the folder moved
+    (run / "metrics.json").write_text(json.dumps(chosen))
+    assert _weights_file(run) == run / "checkpoints" / "best-step50.ckpt"  # not the last, nor the lexically last
+    (run / "metrics.json").write_text(json.dumps({"train": {"best_checkpoint": str(run / "checkpoints/start.ckpt")}}))
+    assert _weights_file(run) == run / "checkpoints" / "start.ckpt"  # nothing beat the starting weights
+    (run / "checkpoints" / "start.ckpt").unlink()
+    with pytest.raises(FileNotFoundError, match="start.ckpt"):
+        _weights_file(run)
+
+
 def test_init_from_refuses_weights_of_another_model(compose_cfg, wiki_root, tmp_path):
     train(compose_cfg(["task=pretrain", *_stage_overrides(wiki_root, "ict", tmp_path / "c")], data_root=wiki_root))
     from hydra.utils import instantiate

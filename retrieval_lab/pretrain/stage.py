@@ -197,15 +197,28 @@ def cached_pretraining(cfg: DictConfig) -> Path:
 
 
 def _weights_file(path: Path) -> Path:
+    """The weights ``init_from`` names: a file; a pre-training folder's ``encoder.pt``; a finished training run's
+    dev-chosen checkpoint (``metrics.json``'s ``train.best_checkpoint``, which is ``start.ckpt`` where nothing beat
+    the starting weights), never its last one; an unfinished run's ``last.ckpt``, with a warning."""
     if path.is_file():
         return path
-    for candidate in (path / WEIGHTS, path / "pretrain" / WEIGHTS, path / "checkpoints" / "last.ckpt"):
+    for candidate in (path / WEIGHTS, path / "pretrain" / WEIGHTS):
         if candidate.is_file():
             return candidate
-    best = sorted(path.glob("checkpoints/best-step*.ckpt"))
-    if best:
-        return best[-1]
-    raise FileNotFoundError(f"init_from={path}: no {WEIGHTS} or Lightning checkpoint there")
+    metrics = path / "metrics.json"
+    chosen = json.loads(metrics.read_text()).get("train", {}).get("best_checkpoint") if metrics.is_file() else None
+    if chosen:
+        for candidate in (Path(chosen), path / "checkpoints" / Path(chosen).name):  # the run folder may have moved
+            if candidate.is_file():
+                log.info("init_from=%s: the run's dev-chosen checkpoint %s", path, candidate.name)
+                return candidate
+        raise FileNotFoundError(f"init_from={path}: metrics.json names {chosen}, which is not there")
+    if (path / "checkpoints" / "last.ckpt").is_file():
+        log.warning(
+            "init_from=%s: no dev-chosen checkpoint in a metrics.json (an unfinished run?): its last.ckpt", path
+        )
+        return path / "checkpoints" / "last.ckpt"
+    raise FileNotFoundError(f"init_from={path}: no {WEIGHTS}, finished training run or Lightning checkpoint there")
 
 
 def load_encoder_weights(encoder: Encoder, path: str | Path) -> Path:
