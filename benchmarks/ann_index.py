@@ -47,7 +47,7 @@ def squad_questions(root: Path, n: int, seed: int = 0) -> list[str]:
     return random.Random(seed).sample(questions, min(n, len(questions)))
 
 
-def passage_vectors(passages: list[str], args: argparse.Namespace) -> np.ndarray:
+def passage_vectors(encoder: BiEncoder, passages: list[str], args: argparse.Namespace) -> np.ndarray:
     """The passages' vectors, from ``--cache`` where the same settings made them, else encoded and saved."""
     settings = {"model": "all-MiniLM-L6-v2", "passages": len(passages), "max_length": args.max_length,
                 "precision": resolve_precision(args.precision, torch.device("cpu"))}  # fmt: skip
@@ -56,7 +56,6 @@ def passage_vectors(passages: list[str], args: argparse.Namespace) -> np.ndarray
     if meta.is_file() and array.is_file() and json.loads(meta.read_text()) == settings:
         print(f"passage vectors reused from {folder}", flush=True)
         return np.load(array)
-    encoder = BiEncoder()
     vectors, seconds = timed(encode_texts, encoder, passages, "docs", 64, precision=args.precision,
                              max_length=args.max_length)  # fmt: skip
     print(f"encoded {len(passages)} passages in {seconds:.0f} s ({settings['precision']})", flush=True)
@@ -85,9 +84,10 @@ def main() -> None:
     corpus = load_wikispeedia(root)
     passages = [p for article in corpus.articles.values() for p in article.passages][: args.passages]
     ids = [str(i) for i in range(len(passages))]
-    vectors = passage_vectors(passages, args)
+    encoder = BiEncoder()
+    vectors = passage_vectors(encoder, passages, args)
     questions = squad_questions(Path(root), args.queries)
-    queries = encode_texts(BiEncoder(), questions, "queries", precision="fp32", show_progress=False)
+    queries = encode_texts(encoder, questions, "queries", precision="fp32", show_progress=False)
 
     rows, exact = [], None
     for factory, knob, values in INDEXES:

@@ -152,10 +152,9 @@ def main() -> None:
         if bf16 and not (has_fast_bf16(torch.device(args.device)) or args.force_bf16):
             print(f"skipping {precision}: no native bf16 on this {args.device}; --force-bf16 runs it")
             continue
-        lab = run_lab(pairs, args.batch_size, total, "bf16-mixed" if bf16 else "32-true", args.device)
+        lab = run_lab(pairs, args.batch_size, total, "bf16-mixed" if bf16 else "32-true", args.device)[args.warmup :]
         with tempfile.TemporaryDirectory() as out_dir:
             st = run_st(pairs, args.batch_size, total, bf16, out_dir, args.device)[args.warmup :]
-        lab = lab[args.warmup :]
         lab_sps, st_sps = len(lab) / sum(lab), len(st) / sum(st)
         tag = "bf16" if bf16 else "fp32"
         result.update({f"lab_{tag}_steps_per_s": round(lab_sps, 4), f"st_{tag}_steps_per_s": round(st_sps, 4),

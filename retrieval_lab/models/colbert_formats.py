@@ -15,19 +15,20 @@
 from __future__ import annotations
 
 import json
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from retrieval_lab.models.st_recipe import UnsupportedCheckpointError, _file, _json
+from retrieval_lab.utils.io import write_json
 
 LAB_CONFIG = "colbert_config.json"
 LAB_PROJECTION = "colbert_projection.safetensors"
 PYLATE_DENSE = "pylate.models.Dense.Dense"
-PYLATE_FILE_SUFFIXES = ("Dense.Dense",)  # PyLate's module type, whatever package path a version writes
+PYLATE_DENSE_SUFFIX = "Dense.Dense"  # PyLate's module type, whatever package path a version writes
 
 
 @dataclass
@@ -46,7 +47,7 @@ def _refuse(model_name: str, what: str) -> None:
 
 def _pylate(model_name: str, modules: list[dict]) -> ColBERTCheckpoint:
     types = [m.get("type", "") for m in modules]
-    if len(modules) != 2 or not types[0].endswith("Transformer") or not types[1].endswith(PYLATE_FILE_SUFFIXES):
+    if len(modules) != 2 or not types[0].endswith("Transformer") or not types[1].endswith(PYLATE_DENSE_SUFFIX):
         _refuse(model_name, f"modules.json holds {types}; a PyLate ColBERT is a Transformer then a Dense")
     dense_dir = modules[1].get("path") or "1_Dense"
     dense = _json(_file(model_name, f"{dense_dir}/config.json"))
@@ -88,12 +89,11 @@ def _stanford(model_name: str) -> ColBERTCheckpoint:
     settings.setdefault("query_marker", "[unused0]")
     settings.setdefault("doc_marker", "[unused1]")
     weight = None
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        path = _file(model_name, name)
-        if path is not None:
-            state = load_file(str(path)) if name.endswith("safetensors") else torch.load(path, map_location="cpu")
-            weight = state.get("linear.weight")
-            break
+    if (path := _file(model_name, "model.safetensors")) is not None:
+        with safe_open(str(path), "pt") as weights:  # the projection alone; the backbone loads the rest itself
+            weight = weights.get_tensor("linear.weight") if "linear.weight" in weights.keys() else None
+    elif (path := _file(model_name, "pytorch_model.bin")) is not None:
+        weight = torch.load(path, map_location="cpu").get("linear.weight")
     if weight is None:
         _refuse(model_name, "an HF_ColBERT checkpoint without linear.weight")
     settings["dim"] = int(weight.shape[0])
@@ -105,7 +105,7 @@ def read_colbert_checkpoint(model_name: str) -> ColBERTCheckpoint | None:
     modules_file = _file(model_name, "modules.json")
     if modules_file is not None:
         modules = json.loads(modules_file.read_text(encoding="utf-8"))
-        if any(m.get("type", "").endswith(PYLATE_FILE_SUFFIXES) for m in modules):
+        if any(m.get("type", "").endswith(PYLATE_DENSE_SUFFIX) for m in modules):
             return _pylate(model_name, modules)
     architectures = _json(_file(model_name, "config.json")).get("architectures") or []
     if "HF_ColBERT" in architectures:
@@ -123,17 +123,15 @@ def save_pylate(backbone, tokenizer, projection: torch.Tensor, settings: dict, s
     """Write ``folder`` in PyLate's layout (PyLate's ``models.ColBERT(folder)`` loads it with the same vectors)."""
     backbone.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-
-    def write(name: str, obj) -> None:
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-
-    write("modules.json", [
+    write_json(folder / "modules.json", [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Dense", "type": PYLATE_DENSE},
     ])  # fmt: skip
-    write("sentence_bert_config.json", {"max_seq_length": int(settings["doc_max_length"]), "do_lower_case": False})
-    write("config_sentence_transformers.json", {
+    write_json(
+        folder / "sentence_bert_config.json",
+        {"max_seq_length": int(settings["doc_max_length"]), "do_lower_case": False},
+    )
+    write_json(folder / "config_sentence_transformers.json", {
         "model_type": "ColBERT", "similarity_fn_name": "MaxSim", "prompts": {}, "default_prompt_name": None,
         "query_prefix": settings["query_marker"], "document_prefix": settings["doc_marker"],
         "query_length": int(settings["query_max_length"]), "document_length": int(settings["doc_max_length"]),
@@ -141,8 +139,8 @@ def save_pylate(backbone, tokenizer, projection: torch.Tensor, settings: dict, s
         "skiplist_words": skiplist_words,
     })  # fmt: skip
     dim, hidden = projection.shape
-    write(
-        "1_Dense/config.json",
+    write_json(
+        folder / "1_Dense/config.json",
         {
             "in_features": int(hidden),
             "out_features": int(dim),
@@ -152,8 +150,3 @@ def save_pylate(backbone, tokenizer, projection: torch.Tensor, settings: dict, s
         },
     )
     save_file({"linear.weight": projection.detach().cpu().contiguous()}, str(folder / "1_Dense/model.safetensors"))
-
-
-def punctuation_words() -> list[str]:
-    """ColBERT's skiplist: the ASCII punctuation symbols."""
-    return list(string.punctuation)

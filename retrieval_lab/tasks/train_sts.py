@@ -17,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from retrieval_lab.loggers.setup import log_final_figures
 from retrieval_lab.models.export import export_encoder
 from retrieval_lab.tasks.evaluate_sts import check_sts_args, evaluate_sts
 from retrieval_lab.tasks.train import load_chosen_weights, training_summary
@@ -38,10 +39,8 @@ def _evaluate(cfg: DictConfig, result, splits, also: Mapping, encode: dict, expo
     for name, conf in (also or {}).items():
         results[name] = evaluate_sts(encoder, make(conf), ["test"], output_dir, name=name, **encode)
     results["train"] = training_summary(result, best, seconds)
-    for logger in result.loggers:
-        flat = {f"{s}/{k}": v for s, m in results.items() if s != "train" for k, v in _flatten(m).items()}
-        logger.log_metrics(flat, result.trainer.global_step)
-        logger.save()
+    flat = {f"{s}/{k}": v for s, m in results.items() if s != "train" for k, v in _flatten(m).items()}
+    log_final_figures(result.loggers, flat, result.trainer.global_step)
     if export:
         results["train"]["export"] = export_encoder(encoder, output_dir / "export")
     write_json(output_dir / "metrics.json", results)
