@@ -1,6 +1,6 @@
 """model=cde: the context enters without positions (permuting it changes nothing), matters, trains stage 1 through
 stage 2, is a seeded corpus sample at evaluation; no context is the plain bi-encoder over stage 2; a training run
-with cluster batches completes."""
+with cluster batches completes; each arm of experiment=cde_scifact changes only its factor and trains."""
 
 from __future__ import annotations
 
@@ -106,3 +106,49 @@ def test_two_stage_gradient_caching_equals_the_plain_step():
     assert float(cached) == pytest.approx(float(plain), abs=1e-6) and set(got) == set(expected)
     assert any(n.startswith("first.") for n in got)  # stage 1 received its gradient through the cached context
     assert max(float((got[n] - g).abs().max()) for n, g in expected.items()) < 1e-5
+
+
+def _flat(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+CDE_ARM_CHANGES = {  # what each arm of experiment=cde_scifact changes against its default arm (top-level keys)
+    "default": set(),
+    "cluster": {"datamodule.batching"},
+    "filter": {"objective.surrogate"},
+    "cde": {"model", "datamodule.batching"},
+}
+
+
+@pytest.mark.parametrize("arm", list(CDE_ARM_CHANGES))
+def test_each_cde_scifact_arm_changes_only_its_factor_and_trains(compose_cfg, train_data, tmp_path, arm):
+    from omegaconf import OmegaConf
+
+    def composed(name):
+        extra = ["model.context_size=4"] if name == "cde" else []
+        overrides = ["experiment=cde_scifact", f"+experiment/cde_arm={name}", "data=beir", "data.name=tiny",
+                     *FAST_TRAIN_OVERRIDES, *extra]  # fmt: skip
+        return compose_cfg(overrides, data_root=train_data)
+
+    cfg, base = composed(arm), composed("default")
+    flat, flat_base = _flat(OmegaConf.to_container(cfg)), _flat(OmegaConf.to_container(base))
+    changed = {k for k in flat.keys() | flat_base.keys() if flat.get(k) != flat_base.get(k)}
+    roots = {next((r for r in CDE_ARM_CHANGES[arm] if k == r or k.startswith(r + ".")), k) for k in changed}
+    assert roots == CDE_ARM_CHANGES[arm]
+    metrics = train(cfg)
+    assert metrics["train"]["steps"] == 8
+    assert_scored_from_its_run(tmp_path / "out", metrics)
+
+
+def test_the_cde_scifact_sweep_is_four_arms_by_three_seeds():
+    from omegaconf import OmegaConf
+
+    from tests.test_configs import CONF
+
+    sweep = OmegaConf.load(CONF / "experiment" / "cde_scifact.yaml").hydra
+    assert sweep.mode == "MULTIRUN"
+    assert sweep.sweeper.params["+experiment/cde_arm"].split(",") == list(CDE_ARM_CHANGES)
+    assert sweep.sweeper.params.seed.split(",") == ["42", "1", "2"]
+    assert all((CONF / "experiment" / "cde_arm" / f"{arm}.yaml").is_file() for arm in CDE_ARM_CHANGES)
