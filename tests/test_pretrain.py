@@ -24,6 +24,7 @@ from retrieval_lab.pretrain.tasks import (
     WikiLinkPrediction,
 )
 from tests.conftest import TINY_MODEL_OVERRIDES
+from tests.helpers import assert_scored_from_its_run
 
 HEADER = "   #copyright\n\n{title}\n\n2007 Schools Wikipedia Selection. Related subjects: Insects and\nanimals\n\n"
 FOOTER = '   Retrieved from " http://en.wikipedia.org/wiki/{name}"\n   This reference article is mainly selected.\n'
@@ -230,6 +231,33 @@ def test_task_pretrain_writes_weights_that_init_from_loads(compose_cfg, wiki_roo
     init_encoder(fresh, encoder)
     saved = torch.load(weights, weights_only=True)
     assert all(torch.equal(v, saved[k]) for k, v in encoder.state_dict().items())
+
+
+@pytest.mark.parametrize("retriever", ["dense", "hybrid"])
+def test_task_evaluate_starts_from_init_from(compose_cfg, wiki_root, tmp_path, caplog, retriever):
+    """An evaluation with init_from ranks with those weights (a zero-shot number after pre-training), in a hybrid's
+    dense side too; BM25 has no encoder and refuses them instead of evaluating something else."""
+    import logging
+
+    from hydra.utils import instantiate
+
+    from retrieval_lab.tasks.evaluate import start_from
+
+    train(compose_cfg(["task=pretrain", *_stage_overrides(wiki_root, "ict", tmp_path / "c")], data_root=wiki_root))
+    saved = torch.load(tmp_path / "out" / "pretrain" / "encoder.pt", weights_only=True)
+    common = ["task=evaluate", "model=small_transformer", *TINY, "logger=csv", f"init_from={tmp_path / 'out'}"]
+    cfg = compose_cfg([*common, f"retriever={retriever}"])
+    built = instantiate(cfg.retriever)
+    start_from(cfg, built)
+    encoder = built.encoder if retriever == "dense" else built.dense.encoder
+    assert all(torch.equal(v.cpu(), saved[k]) for k, v in encoder.state_dict().items())
+    with caplog.at_level(logging.INFO, logger="retrieval_lab.pretrain.stage"):
+        metrics = train(cfg)
+    assert "initialised the encoder from" in caplog.text
+    assert_scored_from_its_run(tmp_path / "out", metrics)
+    bm25 = compose_cfg([*common, "retriever=bm25"])
+    with pytest.raises(ValueError, match="no encoder"):
+        train(bm25)
 
 
 def test_init_from_a_training_run_takes_its_dev_chosen_checkpoint(tmp_path, caplog):

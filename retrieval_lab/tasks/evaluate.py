@@ -14,6 +14,8 @@ from retrieval_lab.data.beir import RetrievalDataset
 from retrieval_lab.eval.metrics import checked_per_query_metrics, mean_metrics, parse_metric
 from retrieval_lab.eval.trec import write_trec_run
 from retrieval_lab.loggers.setup import log_evaluation
+from retrieval_lab.models.base import Encoder
+from retrieval_lab.pretrain.stage import init_encoder
 from retrieval_lab.retrievers.base import Retriever
 from retrieval_lab.utils.io import write_json
 
@@ -85,6 +87,33 @@ def check_eval_args(splits: Sequence[str], metrics: Sequence[str], top_k: int, d
             raise ValueError(f"task.metrics has {name} but task.top_k is {top_k}: raise task.top_k to >= {k}")
 
 
+def retriever_encoders(retriever: Retriever) -> list[Encoder]:
+    """The neural encoders a retriever ranks with: its own (dense, ColBERT) and those of the retrievers it wraps
+    (a hybrid's sides, HyDE's dense retriever); none for BM25 and LameR."""
+    found: list[Encoder] = []
+    for name in ("encoder", "dense", "sparse"):
+        part = getattr(retriever, name, None)
+        if isinstance(part, Encoder):
+            found.append(part)
+        elif isinstance(part, Retriever):
+            found += retriever_encoders(part)
+    return found
+
+
+def start_from(cfg: DictConfig, retriever: Retriever) -> None:
+    """``init_from=<weights>`` or ``pretrain_task=<task>`` in an evaluation: the retriever's encoder starts from
+    those weights (a pre-training stage's, a training run's dev-chosen checkpoint), as a training run's would;
+    a retriever without an encoder refuses them rather than evaluating something else."""
+    if not cfg.get("init_from") and cfg.get("pretrain_task") is None:
+        return
+    encoders = retriever_encoders(retriever)
+    if not encoders:
+        raise ValueError(f"init_from / pretrain_task is set, but {type(retriever).__name__} (retriever="
+                         f"{cfg.retriever.get('_target_')}) has no encoder to load weights into")  # fmt: skip
+    for encoder in encoders:
+        init_encoder(cfg, encoder)
+
+
 def run(
     cfg: DictConfig, splits: Sequence[str], metrics: Sequence[str], top_k: int, ignore_identical_ids: bool = True
 ) -> dict:
@@ -97,6 +126,7 @@ def run(
                          f"{type(dataset).__name__}: use task=evaluate_sts for sentence similarity")  # fmt: skip
     check_splits(splits, dataset.qrels, dataset.name)
     retriever: Retriever = instantiate(cfg.retriever)
+    start_from(cfg, retriever)
     start = time.perf_counter()
     results: dict = evaluate_retriever(
         retriever, dataset, splits, metrics, top_k, output_dir, ignore_identical_ids=ignore_identical_ids
