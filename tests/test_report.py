@@ -8,12 +8,13 @@ from itertools import product
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 import yaml
 
 from retrieval_lab.report import ReportError, build_report
 from retrieval_lab.report.cli import main
-from retrieval_lab.report.figure import draw
+from retrieval_lab.report.figure import draw, heat_grid
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EXPERIMENT = "experiment=dpr_scifact_negatives"
@@ -105,8 +106,9 @@ def test_two_swept_parameters_give_one_row_per_job(grid_sweep: Path, capsys):
 def test_categorical_figure_is_bars_with_legend_and_titles(grid_sweep: Path):
     report = build_report([grid_sweep], ["ndcg@10", "recall@100"])
     fig = draw(report)
-    axes = fig.axes
-    assert len(axes) == 4  # 2 metrics x 2 swept overrides
+    assert len(fig.axes) == 6  # 2 metrics x (2 swept overrides + the grid's heat map)
+    axes = [ax for ax in fig.axes if not ax.get_images()]
+    assert len(axes) == 4
     for ax in axes:
         assert "scifact" in ax.get_title() and ax.get_xlabel() in ("negatives", "model.pooling")
         assert len(ax.patches) == 3  # three finished jobs, one bar each
@@ -114,6 +116,30 @@ def test_categorical_figure_is_bars_with_legend_and_titles(grid_sweep: Path):
         assert len(ax.get_legend().get_texts()) == 2
     assert axes[0].get_title().startswith("ndcg@10") and axes[2].get_title().startswith("recall@100")
     assert "failed (not plotted): 3" in fig.get_suptitle()
+
+
+def test_a_two_override_grid_gets_a_heat_map_of_cell_means(grid_sweep: Path, tmp_path: Path):
+    seeds = tmp_path / "seeds"  # the grid again under a second seed: cells average their two jobs
+    for num, (negatives, pooling) in enumerate(product(["in_batch", "bm25"], ["mean", "cls"])):
+        metrics = GRID[(negatives, pooling)]
+        later = None if metrics is None else {k: v + 0.02 for k, v in metrics.items()}
+        write_job(seeds, num, [f"negatives={negatives}", f"model.pooling={pooling}", EXPERIMENT], later)
+    report = build_report([grid_sweep, seeds], ["ndcg@10", "recall@100"])
+    rows, cols, grid = heat_grid(report, "ndcg@10")
+    assert (rows, cols) == (report.levels("negatives"), report.levels("model.pooling"))
+    expected = {("in_batch", "mean"): 0.62, ("in_batch", "cls"): 0.60, ("bm25", "mean"): 0.70}
+    for (negatives, pooling), value in expected.items():
+        assert grid[rows.index(negatives), cols.index(pooling)] == pytest.approx(value)
+    assert np.isnan(grid[rows.index("bm25"), cols.index("cls")])  # failed in both: an empty cell
+    fig = draw(report)
+    heat = [ax for ax in fig.axes if ax.get_images()]
+    assert (
+        len(heat) == 2
+        and heat[0].get_title().startswith("ndcg@10")
+        and "negatives x model.pooling" in heat[0].get_title()
+    )
+    assert sorted(t.get_text() for t in heat[0].texts) == sorted(["0.620", "0.600", "0.700", "–"])
+    assert len(draw(build_report([grid_sweep], ["ndcg@10"])).axes) == 3  # one metric: bars, bars, heat map
 
 
 def test_numeric_sweep_is_a_line_over_sorted_values(lr_sweep: Path, tmp_path: Path):

@@ -1,7 +1,9 @@
 """The report's figure: each metric against each swept override, one series per value of the other swept overrides.
 
 Numeric sweeps (every value parses as a number) are lines over the sorted values; categorical sweeps are grouped
-bars, labelled with their values. Failed jobs are not plotted; a bar chart marks their slot "failed". Drawn on
+bars, labelled with their values. A sweep of exactly two overrides (a grid, e.g. RetroMAE's encoder x decoder
+masks) also gets a heat map per metric: one cell per pair of values, the mean of its jobs written in it. Failed
+jobs are not plotted; a bar chart marks their slot "failed", a heat map leaves the cell empty ("–"). Drawn on
 matplotlib's Agg canvas directly (no pyplot, no display needed) and written atomically.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -100,9 +103,46 @@ def plot_bars(ax: Axes, report: Report, metric: str, param: str) -> float:
     return top
 
 
+HEAT_MAP = "heat map"  # the extra column of a two-override grid
+
+
+def heat_grid(report: Report, metric: str) -> tuple[list[str], list[str], np.ndarray]:
+    """Rows: the first swept override's values, columns: the second's; each cell the mean of its finished jobs
+    (seeds and other repeats averaged), NaN where none finished."""
+    row_param, col_param = report.factors
+    rows, cols = report.levels(row_param), report.levels(col_param)
+    cells: dict = defaultdict(list)
+    for job in report.jobs:
+        cells[job.value(row_param), job.value(col_param)].append(job.metric(report.split, metric))
+    grid = np.full((len(rows), len(cols)), np.nan)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            value = _mean(cells.get((r, c), []))
+            if value is not None:
+                grid[i, j] = value
+    return rows, cols, grid
+
+
+def plot_heatmap(ax: Axes, report: Report, metric: str) -> None:
+    rows, cols, grid = heat_grid(report, metric)
+    ax.imshow(grid, cmap="viridis", aspect="auto")
+    finite = grid[np.isfinite(grid)]
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            value = grid[i, j]
+            dark = np.isfinite(value) and (high == low or (value - low) / (high - low) < 0.5)
+            text = f"{value:.3f}" if np.isfinite(value) else "–"
+            ax.text(j, i, text, ha="center", va="center", fontsize="small", color="white" if dark else "black")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+
+
 def draw(report: Report) -> Figure:
-    """One row of panels per metric, one column per swept override."""
+    """One row of panels per metric, one column per swept override (and a heat map where exactly two are swept)."""
     params = report.factors or [JOB_AXIS]
+    if len(report.factors) == 2:
+        params = [*params, HEAT_MAP]
     dataset = ", ".join(report.datasets) or "unknown dataset"
     fig = Figure(figsize=(6.5 * len(params), 3.8 * len(report.metrics) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
@@ -110,6 +150,13 @@ def draw(report: Report) -> Figure:
     for row, metric in enumerate(report.metrics):
         for col, param in enumerate(params):
             ax = axes[row][col]
+            if param == HEAT_MAP:
+                row_param, col_param = report.factors
+                plot_heatmap(ax, report, metric)
+                ax.set_title(f"{metric} on {dataset} ({report.split}): {row_param} x {col_param}", fontsize="medium")
+                ax.set_xlabel(col_param)
+                ax.set_ylabel(row_param)
+                continue
             if param != JOB_AXIS and report.is_numeric(param):
                 plot_lines(ax, report, metric, param)
             else:
