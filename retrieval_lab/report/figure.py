@@ -153,7 +153,7 @@ def draw(report: Report) -> Figure:
             if param == HEAT_MAP:
                 row_param, col_param = report.factors
                 plot_heatmap(ax, report, metric)
-                ax.set_title(f"{metric} on {dataset} ({report.split}): {row_param} x {col_param}", fontsize="medium")
+                ax.set_title(f"{metric} on {dataset} ({report.split}), mean per cell", fontsize="medium")
                 ax.set_xlabel(col_param)
                 ax.set_ylabel(row_param)
                 continue
