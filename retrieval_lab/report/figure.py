@@ -111,13 +111,11 @@ def heat_grid(report: Report, metric: str) -> tuple[list[str], list[str], np.nda
     (seeds and other repeats averaged), NaN where none finished."""
     row_param, col_param = report.factors
     rows, cols = report.levels(row_param), report.levels(col_param)
-    cells: dict = defaultdict(list)
-    for job in report.jobs:
-        cells[job.value(row_param), job.value(col_param)].append(job.metric(report.split, metric))
+    cells = series_points(report, metric, col_param)  # {(row value,): {column value: [metric of each job]}}
     grid = np.full((len(rows), len(cols)), np.nan)
     for i, r in enumerate(rows):
         for j, c in enumerate(cols):
-            value = _mean(cells.get((r, c), []))
+            value = _mean(cells.get((r,), {}).get(c, []))
             if value is not None:
                 grid[i, j] = value
     return rows, cols, grid
