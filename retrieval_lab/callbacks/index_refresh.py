@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import get_method
 
-from retrieval_lab.index.encode import PRECISIONS, encode_texts
+from retrieval_lab.index.encode import PRECISIONS, encode_texts, from_rank_0, gather_rows, resolve_precision
 from retrieval_lab.index.faiss_index import FaissIndex
 from retrieval_lab.index.multi_vector import MultiVectorIndex, encode_token_vectors
 from retrieval_lab.negatives import inferencer
@@ -147,17 +147,12 @@ class SyncIndexRefresh(pl.Callback):
             return None, 0.0
         start = time.perf_counter()
         doc_ids = list(self.corpus)
-        args = {k: self.mine_args[k] for k in ("precision", "show_progress")}
+        precision = from_rank_0(resolve_precision(self.mine_args["precision"], pl_module.device), world)
         shard = encode_corpus(pl_module.encoder, self.corpus, doc_ids[rank::world], self.mine_args["batch_size"],
-                              self.mine_args["doc_max_length"], device=pl_module.device, **args)  # fmt: skip
-        shards = [None] * world if rank == 0 else None
-        torch.distributed.gather_object(shard, shards, dst=0)
-        if rank != 0:
-            return None, 0.0
-        vectors = np.empty((len(doc_ids), shard.shape[1]), dtype=shard.dtype)
-        for r, part in enumerate(shards):
-            vectors[r::world] = part
-        return vectors, time.perf_counter() - start
+                              self.mine_args["doc_max_length"], device=pl_module.device, precision=precision,
+                              show_progress=self.mine_args["show_progress"])  # fmt: skip
+        vectors = gather_rows(shard, len(doc_ids), rank, world)
+        return vectors, (time.perf_counter() - start if vectors is not None else 0.0)
 
     def _mine_and_publish(self, step: int, pl_module: pl.LightningModule, sampler, sharded=None) -> dict:
         """``sharded``: (gathered document vectors, seconds the ranks took to encode them, number of ranks)."""

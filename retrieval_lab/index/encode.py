@@ -74,6 +74,34 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def from_rank_0(value, world: int):
+    """``value`` as rank 0 holds it, on every rank: a broadcast where ``world`` > 1, so every rank must call it.
+
+    For the decisions ranks that encode a corpus together must share: ``precision=auto`` (each process measures
+    bf16 against fp32 itself, and on a busy machine two processes measured on opposite sides of the 1.2x line, so
+    their shards came out in different precisions) and whether the embedding cache holds the vectors."""
+    if world == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_rows(part: np.ndarray, total: int, rank: int, world: int) -> np.ndarray | None:
+    """Rank ``r`` holds rows ``r``, ``r + world``, ... of a ``total``-row matrix: rank 0 gets all of them in order,
+    the other ranks ``None`` (every rank must call it)."""
+    if world == 1:
+        return part
+    parts = [None] * world if rank == 0 else None
+    torch.distributed.gather_object(part, parts, dst=0)
+    if rank != 0:
+        return None
+    rows = np.empty((total, part.shape[1]), dtype=part.dtype)
+    for r, shard in enumerate(parts):
+        rows[r::world] = shard
+    return rows
+
+
 def bf16_copy(encoder: Encoder) -> Encoder:
     """A bfloat16 copy of ``encoder`` for inference: new tensors, no gradients, the original left untouched.
 

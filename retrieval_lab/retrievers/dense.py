@@ -12,7 +12,7 @@ import torch
 from retrieval_lab.data.beir import Document
 from retrieval_lab.eval.trec import Run
 from retrieval_lab.index.embedding_cache import EmbeddingCache
-from retrieval_lab.index.encode import encode_texts, resolve_precision
+from retrieval_lab.index.encode import encode_texts, from_rank_0, gather_rows, resolve_precision
 from retrieval_lab.index.faiss_index import FaissIndex
 from retrieval_lab.models.base import Encoder
 from retrieval_lab.retrievers.base import Retriever
@@ -96,27 +96,24 @@ class DenseRetriever(Retriever):
         """The corpus vectors: from the embedding cache where the fingerprint matches, else encoded (and saved);
         sharded across DDP ranks where there are several (None on ranks other than 0)."""
         rank, world = ranks() if self.shard_across_ranks else (0, 1)
-        key, settings = None, {}
-        if self.cache is not None:  # every rank looks (a shared folder), so all take the same branch
-            device = torch.device(self.encode_args["device"])
-            settings = {"precision": resolve_precision(self.encode_args["precision"], device), "side": "docs"}
+        device = torch.device(self.encode_args["device"])
+        precision = from_rank_0(resolve_precision(self.encode_args["precision"], device), world)
+        settings = {"precision": precision, "side": "docs"}
+        key = None
+        if self.cache is not None:  # rank 0 alone reads it: another rank's folder may not be shared or up to date
             key = EmbeddingCache.key(self.encoder, ids, texts, settings)
-            if (vectors := self.cache.load(key, len(texts))) is not None:
+            vectors = self.cache.load(key, len(texts)) if rank == 0 else None
+            if from_rank_0(vectors is not None, world):
                 log.info("corpus embeddings reused from %s (fingerprint %s)", self.cache.folder, key)
                 self.timings["embeddings_reused"] = 1.0
-                return vectors if rank == 0 else None
-        part = encode_texts(self.encoder, texts[rank::world], "docs", self.batch_size, **self.encode_args)
+                return vectors
+        args = {**self.encode_args, "precision": precision}
+        part = encode_texts(self.encoder, texts[rank::world], "docs", self.batch_size, **args)
+        vectors = gather_rows(part, len(texts), rank, world)
+        if vectors is None:
+            return None
         if world > 1:
-            parts = [None] * world if rank == 0 else None
-            torch.distributed.gather_object(part, parts, dst=0)
-            if rank != 0:
-                return None
-            vectors = np.empty((len(texts), part.shape[1]), dtype=part.dtype)
-            for r, shard in enumerate(parts):
-                vectors[r::world] = shard
             log.info("corpus encoded in %d shards (one per rank)", world)
-        else:
-            vectors = part
         if self.cache is not None:
             self.cache.save(key, vectors, {"documents": len(ids), "encoder": type(self.encoder).__name__, **settings})
         return vectors
