@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -106,6 +107,26 @@ def test_auto_picks_bf16_only_where_it_is_faster(monkeypatch, amx, avx512_bf16, 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(encode, "cpu_bf16_speedup", measured)
     assert resolve_precision("auto", torch.device("cpu")) == expected
+
+
+def test_the_bf16_measurement_is_handed_to_later_processes_not_remeasured(monkeypatch):
+    # DDP ranks Lightning starts inherit the environment: a figure found there is used as measured, so every rank
+    # resolves auto as its parent did (measured per process on a busy CPU, two ranks once chose differently)
+    monkeypatch.delenv(encode.SPEEDUP_ENV, raising=False)
+    encode.cpu_bf16_speedup.cache_clear()
+    try:
+        measured = encode.cpu_bf16_speedup(64, 1)
+        assert os.environ[encode.SPEEDUP_ENV] == f"{measured:.4f}"
+        monkeypatch.setenv(encode.SPEEDUP_ENV, "7.25")
+        monkeypatch.setattr(torch, "randn", lambda *a, **k: pytest.fail("measured although the figure was given"))
+        encode.cpu_bf16_speedup.cache_clear()
+        assert encode.cpu_bf16_speedup() == 7.25
+        monkeypatch.setenv(encode.SPEEDUP_ENV, "fast")
+        encode.cpu_bf16_speedup.cache_clear()
+        with pytest.raises(ValueError, match="RETRIEVAL_LAB_CPU_BF16_SPEEDUP must be a number"):
+            encode.cpu_bf16_speedup()
+    finally:
+        encode.cpu_bf16_speedup.cache_clear()
 
 
 def test_auto_precision_and_bad_values(tiny_encoder):

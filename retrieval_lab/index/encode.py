@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import os
 import time
 from collections.abc import Iterator, Sequence
 
@@ -45,10 +46,23 @@ def has_fast_bf16(device: torch.device) -> bool:
     return False
 
 
+SPEEDUP_ENV = "RETRIEVAL_LAB_CPU_BF16_SPEEDUP"
+
+
 @functools.cache
 def cpu_bf16_speedup(n: int = 1024, repeats: int = 3) -> float:
     """fp32 time over bf16 time of an ``n`` x ``n`` matrix product on this CPU (best of ``repeats``), measured
-    once per process (about 0.1 s). Call it only where bf16 is not emulated: emulated, it takes seconds."""
+    once per process (about 0.1 s). Call it only where bf16 is not emulated: emulated, it takes seconds.
+
+    The first measurement is written to the ``RETRIEVAL_LAB_CPU_BF16_SPEEDUP`` environment variable, and a process
+    that finds it set reads it instead of measuring: the DDP ranks Lightning starts and the ANCE inferencer inherit
+    their parent's figure, so ``auto`` resolves alike in all of them (measured in each, on a busy CPU, it fell on
+    both sides of the 1.2x line). Set it yourself to pin the decision, e.g. for ranks launched separately."""
+    if (given := os.environ.get(SPEEDUP_ENV)) is not None:
+        try:
+            return float(given)
+        except ValueError:
+            raise ValueError(f"{SPEEDUP_ENV} must be a number (fp32 time over bf16 time), got {given!r}") from None
     a, b = torch.randn(n, n), torch.randn(n, n)
     best = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -60,7 +74,9 @@ def cpu_bf16_speedup(n: int = 1024, repeats: int = 3) -> float:
             x @ y
             times.append(time.perf_counter() - start)
         best[dtype] = min(times)
-    return best[torch.float32] / best[torch.bfloat16]
+    speedup = best[torch.float32] / best[torch.bfloat16]
+    os.environ[SPEEDUP_ENV] = f"{speedup:.4f}"
+    return speedup
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
