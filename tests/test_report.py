@@ -233,3 +233,22 @@ def test_a_boolean_left_at_its_default_reads_as_its_override_would(tmp_path: Pat
         (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     report = build_report([root], ["ndcg@10"])
     assert [job.value("objective.mask") for job in report.jobs] == ["true", "false"]
+
+
+def test_ignored_overrides_do_not_split_arms_and_booleans_match_however_written(tmp_path: Path, capsys):
+    # a sweep (task.splits=[], Hydra's capitalised False) beside a baseline run that read test and was resumed:
+    # with --ignore the baseline's seeds form one arm; without it the resume path splits them apart
+    root = tmp_path / "mixed"
+    jobs = [(["lr=5e-05", "seed=0", "task.splits=[]", "quiet=False"], 0.50), (["lr=5e-05", "seed=1", "task.splits=[]",
+            "quiet=False"], 0.52), (["lr=0.0001", "seed=0", "quiet=false", "ckpt_path=last.ckpt"], 0.60),
+            (["lr=0.0001", "seed=1", "quiet=false"], 0.62)]  # fmt: skip
+    for num, (overrides, ndcg) in enumerate(jobs):
+        write_job(root, num, overrides, {"ndcg@10": ndcg})
+    report = build_report([root], ["ndcg@10"], mean_over="seed", ignore=["task.splits", "ckpt_path"])
+    assert "quiet" not in report.swept and report.factors == ["lr"]
+    assert [len(seeds) for seeds in report.arms().values()] == [2, 2]
+    assert main([str(root), "--metrics", "ndcg@10", "--mean-over", "seed", "--ignore", "task.splits,ckpt_path"]) == 0
+    assert "| 0.0001 | 0,1 | 2 | **0.610 ± 0.014** |" in capsys.readouterr().out
+    assert len(build_report([root], ["ndcg@10"], mean_over="seed").arms()) == 3  # the resume path splits lr 1e-4
+    with pytest.raises(ReportError, match=r"--ignore model.pooling: not overrides that differ"):
+        build_report([root], ["ndcg@10"], ignore=["model.pooling"])

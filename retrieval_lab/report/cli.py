@@ -30,6 +30,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, metavar="KEY=VALUE",
                    help="a paired randomization test per query (per_query.<split>.json) of every arm against the "
                    "arm with this swept value (e.g. negatives=bm25); arms average their --mean-over jobs")  # fmt: skip
+    p.add_argument("--ignore", default="", metavar="KEYS",
+                   help="comma-separated swept overrides that do not tell arms apart (e.g. task.splits,ckpt_path "
+                   "when some runs read test and others not, or one was resumed): shown per job, "
+                   "not grouped by")  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the first DIR)")
     return p
 
@@ -42,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or args.dirs[0]
     command = "python -m retrieval_lab.report " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     try:
-        report = build_report(args.dirs, metrics, args.split, args.mean_over, args.baseline)
+        ignore = [key.strip() for key in args.ignore.split(",") if key.strip()]
+        report = build_report(args.dirs, metrics, args.split, args.mean_over, args.baseline, ignore)
         # report.md is made (paired tests included) before anything is written: a bad --baseline writes nothing
         md, csv_path = write_tables(report, out, command)
     except ReportError as err:

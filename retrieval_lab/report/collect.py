@@ -46,7 +46,8 @@ class Job:
     def value(self, key: str) -> str:
         """The job's value for an override key: as overridden, else the group choice or config value in effect."""
         if key in self.overrides:
-            return self.overrides[key]
+            value = self.overrides[key]
+            return value.lower() if value.lower() in ("true", "false") else value  # Hydra's sweeps write False
         if key in self.choices:
             return self.choices[key]
         if self.config is not None:
@@ -74,11 +75,13 @@ class Report:
     sources: list[Path] = field(default_factory=list)
     mean_over: str | None = None  # a swept key (e.g. seed) whose jobs are also summarised as mean and std
     baseline: str | None = None  # KEY=VALUE: the arm every other arm is tested against, per query
+    ignore: list[str] = field(default_factory=list)  # swept keys that do not make an arm (shown per job only)
 
     @property
     def factors(self) -> list[str]:
-        """The swept overrides other than ``mean_over``: the mean table's groups, the figure's axes and series."""
-        return [key for key in self.swept if key != self.mean_over]
+        """The swept overrides other than ``mean_over`` and ``ignore``: the mean table's groups, the figure's axes
+        and series."""
+        return [key for key in self.swept if key != self.mean_over and key not in self.ignore]
 
     def arms(self) -> dict[tuple[str, ...], list[Job]]:
         """The jobs grouped by their ``factors`` values (an arm and its seeds), in the order they first appear."""
@@ -203,9 +206,10 @@ def build_report(
     split: str = "test",
     mean_over: str | None = None,
     baseline: str | None = None,
+    ignore: Sequence[str] = (),
 ) -> Report:
     """Collect the jobs and check that the metrics exist in the finished ones (naming those that do), and that
-    ``mean_over`` is a swept override."""
+    ``mean_over`` and each ``ignore`` key are swept overrides."""
     jobs = collect_jobs(dirs)
     finished = [job for job in jobs if job.metrics is not None]
     if finished:
@@ -219,4 +223,7 @@ def build_report(
     swept, constant = split_overrides(jobs)
     if mean_over is not None and mean_over not in swept:
         raise ReportError(f"--mean-over {mean_over}: not an override that differs between jobs (those: {swept})")
-    return Report(jobs, swept, constant, list(metrics), split, [Path(d) for d in dirs], mean_over, baseline)
+    if unknown := [key for key in ignore if key not in swept]:
+        raise ReportError(f"--ignore {','.join(unknown)}: not overrides that differ between jobs (those: {swept})")
+    return Report(jobs, swept, constant, list(metrics), split, [Path(d) for d in dirs], mean_over, baseline,
+                  list(ignore))  # fmt: skip
