@@ -252,3 +252,21 @@ def test_ignored_overrides_do_not_split_arms_and_booleans_match_however_written(
     assert len(build_report([root], ["ndcg@10"], mean_over="seed").arms()) == 3  # the resume path splits lr 1e-4
     with pytest.raises(ReportError, match=r"--ignore model.pooling: not overrides that differ"):
         build_report([root], ["ndcg@10"], ignore=["model.pooling"])
+
+
+def test_dev_queries_drawn_per_seed_pair_within_each_seed(tmp_path: Path, capsys):
+    # seed 0 scored q0..q19, seed 1 q20..q39 (a per-seed dev split): no query is common to an arm's seeds, so
+    # pairs are (seed, query); "better" is +0.1 on seed 0's queries and +0.0 on seed 1's
+    root = tmp_path / "dev"
+    num = 0
+    for arm, seed in product(["plain", "better"], ["0", "1"]):
+        qids = [f"q{i}" for i in range(20)] if seed == "0" else [f"q{i}" for i in range(20, 40)]
+        gain = 0.1 if arm == "better" and seed == "0" else 0.0
+        values = {q: 0.5 + 0.01 * (i % 5) + gain for i, q in enumerate(qids)}
+        job = write_job(root, num, [f"arm={arm}", f"seed={seed}"], {"ndcg@10": sum(values.values()) / 20})
+        (job / "per_query.test.json").write_text(json.dumps({"ndcg@10": values}))
+        num += 1
+    assert main([str(root), "--metrics", "ndcg@10", "--mean-over", "seed", "--baseline", "arm=plain"]) == 0
+    out = capsys.readouterr().out
+    assert "each pair is one query of one `seed`" in out
+    assert "| better | ndcg@10 | +0.0500 | " in out and "| 40 | 1/2 |" in out  # 40 pairs, the mean of +0.1 and 0

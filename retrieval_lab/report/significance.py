@@ -2,6 +2,8 @@
 
 An arm is the jobs that share every swept override but ``mean_over`` (its seeds); a query's value in an arm is
 its mean over the arm's finished jobs, read from their ``per_query.<split>.json`` (written by the evaluation).
+Where the jobs were not scored on one query set (the dev split is drawn per seed), each (seed, query) is one pair
+instead: a job is paired with the baseline's job of the same seed, on the queries both scored.
 The test is a two-sided paired randomization (sign-flip) test on the per-query differences, seeded, as
 ranx's ``compare`` and trec_eval users run it.
 """
@@ -43,13 +45,27 @@ def per_query(job: Job, split: str, metric: str) -> dict[str, float]:
     return values[metric]
 
 
-def arm_values(jobs: list[Job], split: str, metric: str) -> dict[str, float]:
-    """Each query's mean over the finished jobs of an arm (the queries every job scored)."""
-    tables = [per_query(job, split, metric) for job in jobs if job.status == "ok"]
+def arm_values(jobs: list[Job], split: str, metric: str, by: str | None = None) -> dict[str, float]:
+    """Each query's mean over the finished jobs of an arm (the queries every job scored); with ``by`` (the
+    ``mean_over`` key) keyed ``<seed>/<query>`` instead, one value per job and query, nothing averaged."""
+    finished = [job for job in jobs if job.status == "ok"]
+    if by is not None:
+        return {f"{job.value(by)}/{q}": v for job in finished for q, v in per_query(job, split, metric).items()}
+    tables = [per_query(job, split, metric) for job in finished]
     if not tables:
         return {}
     common = set.intersection(*(set(t) for t in tables))
     return {q: sum(t[q] for t in tables) / len(tables) for q in common}
+
+
+def pairing_key(report: Report) -> str | None:
+    """``mean_over`` where the finished jobs were scored on different query sets (a per-seed dev split), so
+    queries pair within a seed; None where every job scored the same queries (their seed means pair)."""
+    if report.mean_over is None:
+        return None
+    metric = report.metrics[0]
+    query_sets = {frozenset(per_query(job, report.split, metric)) for job in report.jobs if job.status == "ok"}
+    return report.mean_over if len(query_sets) > 1 else None
 
 
 @dataclass
@@ -87,13 +103,13 @@ def compare_to_baseline(report: Report, baseline: str, samples: int = 10_000) ->
     base = [arm for arm in groups if arm[index] == value]
     if len(base) != 1:
         raise ReportError(f"--baseline {baseline}: matches {len(base)} arms, not one ({list(groups)})")
-    out = []
+    out, by = [], pairing_key(report)
     for metric in report.metrics:
-        reference = arm_values(groups[base[0]], report.split, metric)
+        reference = arm_values(groups[base[0]], report.split, metric, by)
         for arm, jobs in groups.items():
             if arm == base[0]:
                 continue
-            values = arm_values(jobs, report.split, metric)
+            values = arm_values(jobs, report.split, metric, by)
             common = sorted(set(values) & set(reference))
             if not common:
                 continue
@@ -107,7 +123,10 @@ def compare_to_baseline(report: Report, baseline: str, samples: int = 10_000) ->
 def significance_markdown(report: Report, baseline: str) -> list[str]:
     """A Markdown section: each arm's mean per-query difference to the baseline and its p-value."""
     rows = compare_to_baseline(report, baseline)
+    by = pairing_key(report)
     lines = [f"### Paired randomization test per query against `{baseline}` ({report.split})", "",
+             *([f"The jobs were scored on different queries (drawn per `{by}`): each pair is one query of one "
+                f"`{by}`, the arm's job against the baseline's of the same `{by}`.", ""] if by else []),
              "| " + " | ".join([*report.factors, "metric", "Δ mean", "p", "queries", "seeds ahead"]) + " |",
              "|" + "|".join("---" for _ in range(len(report.factors) + 5)) + "|"]  # fmt: skip
     for r in rows:
