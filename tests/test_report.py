@@ -39,6 +39,13 @@ def write_job(root: Path, num: int, overrides: list[str], metrics: dict | None, 
     return job
 
 
+def write_scored_job(root: Path, num: int, arm: str, seed: str, values: dict[str, float]) -> Path:
+    """A finished job of ``arm`` and ``seed`` with per-query test nDCG@10 ``values`` (their mean as the metric)."""
+    job = write_job(root, num, [f"arm={arm}", f"seed={seed}"], {"ndcg@10": sum(values.values()) / len(values)})
+    (job / "per_query.test.json").write_text(json.dumps({"ndcg@10": values}))
+    return job
+
+
 # negatives x model.pooling; the (bm25, cls) job failed
 GRID = {
     ("in_batch", "mean"): {"ndcg@10": 0.61, "mrr@10": 0.57, "recall@100": 0.91},
@@ -207,9 +214,7 @@ def test_baseline_gives_a_paired_test_per_query_over_the_seed_means(tmp_path: Pa
     num = 0
     for arm, shift in arms.items():
         for seed in ("0", "1"):
-            values = {q: shift(i, base[q]) for i, q in enumerate(qids)}
-            job = write_job(root, num, [f"arm={arm}", f"seed={seed}"], {"ndcg@10": sum(values.values()) / 40})
-            (job / "per_query.test.json").write_text(json.dumps({"ndcg@10": values}))
+            write_scored_job(root, num, arm, seed, {q: shift(i, base[q]) for i, q in enumerate(qids)})
             num += 1
     assert main([str(root), "--metrics", "ndcg@10", "--mean-over", "seed", "--baseline", "arm=plain"]) == 0
     out = capsys.readouterr().out
@@ -262,9 +267,7 @@ def test_dev_queries_drawn_per_seed_pair_within_each_seed(tmp_path: Path, capsys
     for arm, seed in product(["plain", "better"], ["0", "1"]):
         qids = [f"q{i}" for i in range(20)] if seed == "0" else [f"q{i}" for i in range(20, 40)]
         gain = 0.1 if arm == "better" and seed == "0" else 0.0
-        values = {q: 0.5 + 0.01 * (i % 5) + gain for i, q in enumerate(qids)}
-        job = write_job(root, num, [f"arm={arm}", f"seed={seed}"], {"ndcg@10": sum(values.values()) / 20})
-        (job / "per_query.test.json").write_text(json.dumps({"ndcg@10": values}))
+        write_scored_job(root, num, arm, seed, {q: 0.5 + 0.01 * (i % 5) + gain for i, q in enumerate(qids)})
         num += 1
     assert main([str(root), "--metrics", "ndcg@10", "--mean-over", "seed", "--baseline", "arm=plain"]) == 0
     out = capsys.readouterr().out
