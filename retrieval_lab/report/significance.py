@@ -93,8 +93,9 @@ def seeds_ahead(report: Report, arm_jobs: list[Job], base_jobs: list[Job], metri
     return f"{sum(arm[s] > base[s] for s in shared)}/{len(shared)}" if shared else "-"
 
 
-def compare_to_baseline(report: Report, baseline: str, samples: int = 10_000) -> list[Comparison]:
-    """Every other arm against the arm whose ``KEY=VALUE`` is ``baseline``, per metric."""
+def compare_to_baseline(report: Report, baseline: str, by: str | None, samples: int = 10_000) -> list[Comparison]:
+    """Every other arm against the arm whose ``KEY=VALUE`` is ``baseline``, per metric; ``by`` is
+    ``pairing_key(report)`` (queries pair within each of its values, or None: across the arms' seed means)."""
     key, value = parse_override(baseline)
     if key not in report.factors:
         raise ReportError(f"--baseline {baseline}: {key!r} is not a swept override (those: {report.factors})")
@@ -103,7 +104,7 @@ def compare_to_baseline(report: Report, baseline: str, samples: int = 10_000) ->
     base = [arm for arm in groups if arm[index] == value]
     if len(base) != 1:
         raise ReportError(f"--baseline {baseline}: matches {len(base)} arms, not one ({list(groups)})")
-    out, by = [], pairing_key(report)
+    out = []
     for metric in report.metrics:
         reference = arm_values(groups[base[0]], report.split, metric, by)
         for arm, jobs in groups.items():
@@ -122,8 +123,8 @@ def compare_to_baseline(report: Report, baseline: str, samples: int = 10_000) ->
 
 def significance_markdown(report: Report, baseline: str) -> list[str]:
     """A Markdown section: each arm's mean per-query difference to the baseline and its p-value."""
-    rows = compare_to_baseline(report, baseline)
-    by = pairing_key(report)
+    by = pairing_key(report)  # computed once: it reads every job's per-query file
+    rows = compare_to_baseline(report, baseline, by)
     lines = [f"### Paired randomization test per query against `{baseline}` ({report.split})", "",
              *([f"The jobs were scored on different queries (drawn per `{by}`): each pair is one query of one "
                 f"`{by}`, the arm's job against the baseline's of the same `{by}`.", ""] if by else []),
