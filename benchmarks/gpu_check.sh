@@ -18,9 +18,13 @@ mkdir -p "$OUT"
 python -c "import torch; p = torch.cuda.get_device_properties(0); print(f'gpu_check: {p.name}, {p.total_memory / 2**30:.0f} GiB, bf16 {torch.cuda.is_bf16_supported()}')"
 
 echo "== 1. trainer=gpu, 30 steps, ANCE negatives from an async inferencer on the GPU"
+# On a GPU ten steps take about a second, less than the inferencer needs to start (spawn, CUDA, the model) and
+# encode, so without max_staleness the refresh begun at step 10 would still be running at step 30 and be
+# stopped with the training: max_staleness=10 makes step 20 wait for it, so one refresh is always collected.
 start=$(date +%s)
 timeout 300 python -m retrieval_lab debug=fast trainer=gpu negatives=ance index_refresh=async \
-    trainer.max_steps=30 index_refresh.every_n_steps=10 index_refresh.device=cuda retriever.device=cuda \
+    trainer.max_steps=30 index_refresh.every_n_steps=10 index_refresh.max_staleness=10 index_refresh.device=cuda \
+    retriever.device=cuda \
     callbacks.dev_eval.every_n_steps=10 hydra.run.dir="$OUT/train" > "$OUT/train.log" 2>&1 \
     || { echo "gpu_check: the training run failed (exit $?); the end of $OUT/train.log:"; tail -30 "$OUT/train.log"; exit 1; }
 python - "$OUT/train" <<'EOF'

@@ -2,13 +2,13 @@
 
     RETRIEVAL_LAB_DATA=../shared/data python benchmarks/train_step.py [--steps 6] [--batch-size 32]
 
-Same model (the packaged all-MiniLM-L6-v2), the same SciFact (query, positive) pairs in the same order,
-batch size, max length (256 for queries and documents) and in-batch negatives: the lab's InfoNCE at
-temperature 0.05 is sentence-transformers' MultipleNegativesRankingLoss at scale 20. Both run AdamW at a
-constant lr. The first ``--warmup`` steps are not timed. ``--precisions`` lists the rows (fp32, bf16-mixed);
-bf16-mixed is skipped, saying so, where the CPU has no native bf16 (there it is hundreds of times slower)
-unless ``--force-bf16``. Last line: one JSON object with ``ratio`` (lab / sentence-transformers steps per
-second, fp32) and the per-precision figures. Needs ``pip install -e ".[bench]"``.
+Same model (the packaged all-MiniLM-L6-v2), the same SciFact (query, positive) pairs in the same order, batch size,
+max length (256 for queries and documents) and in-batch negatives: the lab's InfoNCE at temperature 0.05 is
+sentence-transformers' MultipleNegativesRankingLoss at scale 20. Both run AdamW at a constant lr. The first
+``--warmup`` steps are not timed. ``--precisions`` lists the rows (fp32, bf16-mixed); Each row trains in a fresh
+process (no shared kernel caches). bf16-mixed is skipped, saying so, where the CPU has no native bf16 (there it is
+hundreds of times slower) unless ``--force-bf16``. Last line: one JSON object with ``ratio`` (lab / sentence-
+transformers steps per second, fp32) and the per-precision figures. Needs ``pip install -e ".[bench]"``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 
 import pytorch_lightning as pl
 import torch
-from common import load_scifact, machine, print_json, print_table
+from common import in_fresh_process, load_scifact, machine, print_json, print_table
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.losses import MultipleNegativesRankingLoss
@@ -53,16 +53,21 @@ def scifact_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
 
 
 class StepTimes:
-    """Wall time of every optimizer step, recorded by either framework's callback hooks."""
+    """Wall time of every optimizer step, recorded by either framework's callback hooks. On a GPU both ends wait
+    for the queued kernels (CUDA runs them asynchronously): a trainer that never reads a value back would
+    otherwise be timed on its kernel launches alone."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
         self.times: list[float] = []
         self._start = 0.0
+        self._sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def begin(self) -> None:
+        self._sync()
         self._start = time.perf_counter()
 
     def end(self) -> None:
+        self._sync()
         self.times.append(time.perf_counter() - self._start)
 
 
@@ -96,7 +101,7 @@ def run_lab(pairs, batch_size: int, steps: int, precision: str, device: str = "c
     module = RetrievalModule(encoder, InfoNCE(TEMPERATURE, mask_false_negatives=False), optimizer, warmup_ratio=0.0)
     items = [{"query": q, "positive": d, "negatives": []} for q, d in pairs]
     loader = DataLoader(items, batch_size=batch_size, shuffle=False, collate_fn=TrainingCollator(encoder))
-    times = StepTimes()
+    times = StepTimes(device)
     trainer = pl.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision, max_steps=steps, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -125,7 +130,7 @@ def run_st(pairs, batch_size: int, steps: int, bf16: bool, out_dir: str, device:
         save_strategy="no", logging_steps=10_000, dataloader_drop_last=True, seed=0,
         batch_sampler=InOrderBatchSampler,
     )  # fmt: skip
-    times = StepTimes()
+    times = StepTimes(device)
     loss = MultipleNegativesRankingLoss(model, scale=1 / TEMPERATURE)
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=data, loss=loss, callbacks=[HFTimer(times)]
@@ -152,9 +157,10 @@ def main() -> None:
         if bf16 and not (has_fast_bf16(torch.device(args.device)) or args.force_bf16):
             print(f"skipping {precision}: no native bf16 on this {args.device}; --force-bf16 runs it")
             continue
-        lab = run_lab(pairs, args.batch_size, total, "bf16-mixed" if bf16 else "32-true", args.device)[args.warmup :]
+        lab_precision = "bf16-mixed" if bf16 else "32-true"
+        lab = in_fresh_process(run_lab, pairs, args.batch_size, total, lab_precision, args.device)[args.warmup :]
         with tempfile.TemporaryDirectory() as out_dir:
-            st = run_st(pairs, args.batch_size, total, bf16, out_dir, args.device)[args.warmup :]
+            st = in_fresh_process(run_st, pairs, args.batch_size, total, bf16, out_dir, args.device)[args.warmup :]
         lab_sps, st_sps = len(lab) / sum(lab), len(st) / sum(st)
         tag = "bf16" if bf16 else "fp32"
         result.update({f"lab_{tag}_steps_per_s": round(lab_sps, 4), f"st_{tag}_steps_per_s": round(st_sps, 4),

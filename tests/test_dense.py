@@ -203,3 +203,52 @@ def test_approximate_factories_take_their_search_parameters_from_the_config(comp
     assert set_value == value
     _, exact = run([])
     assert {q: list(d) for q, d in approximate.items()} == {q: list(d) for q, d in exact.items()}
+
+
+def test_attention_kernels_leave_out_cudnn_on_cuda_only():
+    """cuDNN attention rebuilds a graph for every new padded length (5.7x slower bf16 encoding on an H200)."""
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with encode.attention_kernels("cpu"):
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    with encode.attention_kernels(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def _recording_kernels(calls: list):
+    import contextlib
+
+    @contextlib.contextmanager
+    def record(device):
+        calls.append(torch.device(device).type)
+        yield
+
+    return record
+
+
+def test_encoding_and_training_steps_run_under_the_attention_choice(tiny_encoder, monkeypatch):
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from retrieval_lab.objectives.infonce import InfoNCE
+    from retrieval_lab.training import module as module_code
+    from retrieval_lab.training.data import TrainingCollator
+
+    calls = []
+    monkeypatch.setattr(encode, "attention_kernels", _recording_kernels(calls))
+    encode_texts(tiny_encoder, TEXTS, precision="fp32", show_progress=False)
+    assert calls == ["cpu"]
+
+    calls.clear()
+    monkeypatch.setattr(module_code, "attention_kernels", _recording_kernels(calls))
+    encoder = BiEncoder(config_overrides=TINY_BERT, doc_max_length=16)
+    objective = InfoNCE(0.05, mask_false_negatives=False)
+    module = module_code.RetrievalModule(encoder, objective, lambda params: torch.optim.AdamW(params, lr=1e-4))
+    pairs = zip(TINY_QUERIES.values(), TINY_CORPUS.values(), strict=False)
+    items = [{"query": q, "positive": f"{t} {x}", "negatives": []} for q, (t, x) in pairs]
+    loader = DataLoader(items, batch_size=2, collate_fn=TrainingCollator(encoder))
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    trainer.fit(module, train_dataloaders=loader)
+    assert calls == ["cpu", "cpu"]

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from retrieval_lab.index.encode import attention_kernels
 from retrieval_lab.models.base import Batch, Encoder
 from retrieval_lab.training.grad_cache import grad_cache_loss, objective_loss
 
@@ -107,7 +108,8 @@ class RetrievalModule(pl.LightningModule):
         torch.manual_seed(zlib.crc32(f"{self.seed}:{self.global_step}:{self.global_rank}".encode()))
 
     def training_step(self, batch: dict[str, Batch], batch_idx: int) -> torch.Tensor:
-        loss = self._cached_step(batch) if self.grad_cache_chunk else self(batch)
+        with attention_kernels(self.device):  # on CUDA, no cuDNN attention: it rebuilds a graph per new length
+            loss = self._cached_step(batch) if self.grad_cache_chunk else self(batch)
         self._check_finite(loss)
         if self.grad_cache_chunk:
             self._step_optimizer()
