@@ -53,13 +53,15 @@ def ndcg_of(doc_vectors, doc_ids, query_vectors, qids, qrels) -> float:
     return evaluate_run(qrels, run, ["ndcg@10"])["ndcg@10"]
 
 
-def encode_row(name: str, texts: list[str], batch_size: int, device: str) -> tuple[np.ndarray, float]:
-    """One row, in a process of its own (``in_fresh_process``): no row inherits another's caches (cuDNN's
-    per-shape graphs, cuBLAS heuristics, the CUDA context), which made whichever row ran first look slow. Two
-    batches are encoded untimed first (model load, first kernels), then every text, timed."""
-    if name.startswith("lab"):
+def encode_row(
+    library: str, precision: str, texts: list[str], batch_size: int, device: str
+) -> tuple[np.ndarray, float]:
+    """One row (``library`` "lab" at an ``encode_texts`` precision, or "st" at "fp32" / "bf16-autocast"), in a
+    process of its own (``in_fresh_process``): no row inherits another's caches (cuDNN's per-shape graphs, cuBLAS
+    heuristics, the CUDA context), which made whichever row ran first look slow. Two batches are encoded untimed
+    first (model load, first kernels), then every text, timed."""
+    if library == "lab":
         lab = BiEncoder(doc_max_length=MAX_LENGTH, query_max_length=MAX_LENGTH).to(device)
-        precision = {"lab fp32": "fp32", "lab bf16": "bf16", "lab int8": "int8"}.get(name, "auto")
 
         def encode(batch):
             return encode_texts(lab, batch, "docs", batch_size, precision=precision, show_progress=False,
@@ -67,7 +69,7 @@ def encode_row(name: str, texts: list[str], batch_size: int, device: str) -> tup
     else:
         st = SentenceTransformer(resolve_model_path("all-MiniLM-L6-v2"), device=device)
         st.max_seq_length = MAX_LENGTH
-        autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=name == "st bf16 autocast")
+        autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-autocast")
 
         def encode(batch):
             with autocast:
@@ -93,12 +95,17 @@ def main() -> None:
     lab = BiEncoder(doc_max_length=MAX_LENGTH, query_max_length=MAX_LENGTH)
     query_vectors = encode_texts(lab, list(queries.values()), "queries", precision="fp32", show_progress=False)
     default = resolve_precision("auto", device)
-    names = [f"lab (auto = {default})", "lab fp32", "lab bf16", "st fp32", "st bf16 autocast"]
-    if args.device == "cpu":
-        names.insert(3, "lab int8")  # int8 is CPU-only
+    paths = {  # row name -> (library, precision)
+        f"lab (auto = {default})": ("lab", "auto"),
+        "lab fp32": ("lab", "fp32"),
+        "lab bf16": ("lab", "bf16"),
+        **({"lab int8": ("lab", "int8")} if args.device == "cpu" else {}),  # int8 is CPU-only
+        "st fp32": ("st", "fp32"),
+        "st bf16 autocast": ("st", "bf16-autocast"),
+    }
     rows, rate, ndcg = [], {}, {}
-    for name in names:
-        vectors, seconds = in_fresh_process(encode_row, name, texts, args.batch_size, args.device)
+    for name, (library, precision) in paths.items():
+        vectors, seconds = in_fresh_process(encode_row, library, precision, texts, args.batch_size, args.device)
         rate[name] = len(texts) / seconds
         ndcg[name] = ndcg_of(vectors, doc_ids, query_vectors, list(queries), qrels)
         rows.append(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from torch.utils.data import DataLoader
 
 from retrieval_lab.data.beir import Document
 from retrieval_lab.index import encode
@@ -16,6 +19,9 @@ from retrieval_lab.index.encode import bf16_copy, encode_texts, resolve_precisio
 from retrieval_lab.index.faiss_index import FaissIndex
 from retrieval_lab.main import train
 from retrieval_lab.models.biencoder import BiEncoder
+from retrieval_lab.objectives.infonce import InfoNCE
+from retrieval_lab.training import module as module_code
+from retrieval_lab.training.data import TrainingCollator
 from tests.conftest import TINY_BERT, TINY_CORPUS, TINY_MODEL_OVERRIDES, TINY_QUERIES
 
 
@@ -217,8 +223,6 @@ def test_attention_kernels_leave_out_cudnn_on_cuda_only():
 
 
 def _recording_kernels(calls: list):
-    import contextlib
-
     @contextlib.contextmanager
     def record(device):
         calls.append(torch.device(device).type)
@@ -228,13 +232,6 @@ def _recording_kernels(calls: list):
 
 
 def test_encoding_and_training_steps_run_under_the_attention_choice(tiny_encoder, monkeypatch):
-    import pytorch_lightning as pl
-    from torch.utils.data import DataLoader
-
-    from retrieval_lab.objectives.infonce import InfoNCE
-    from retrieval_lab.training import module as module_code
-    from retrieval_lab.training.data import TrainingCollator
-
     calls = []
     monkeypatch.setattr(encode, "attention_kernels", _recording_kernels(calls))
     encode_texts(tiny_encoder, TEXTS, precision="fp32", show_progress=False)
