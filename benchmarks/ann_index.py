@@ -38,6 +38,7 @@ INDEXES = [
     ("HNSW32", "ef_search", [16, 64, 256]),
     ("IVF1024,Flat", "nprobe", [8, 32]),
     ("IVF1024,PQ48", "nprobe", [8, 32, 128]),
+    ("IVF1024,PQ96", "nprobe", [32, 128]),
 ]
 
 
