@@ -195,6 +195,8 @@ def llama_server(tmp_path_factory) -> Iterator[str]:
                 pytest.fail(f"llama_cpp.server did not answer in 180 s: {log_path.read_text()[-2000:]}")
             time.sleep(0.5)
         yield base
+        if proc.poll() is not None:  # it died under a test (a segfault shows as "connection refused" there)
+            pytest.fail(f"llama_cpp.server died during the tests ({proc.returncode}): {log_path.read_text()[-2000:]}")
     finally:
         proc.terminate()
         try:
