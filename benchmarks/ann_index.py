@@ -5,9 +5,10 @@
 
 Queries are SQuAD v1.1 dev questions (a seeded sample), encoded as queries by the same model. Each index is the
 lab's ``FaissIndex`` built from a factory string (what ``retriever.index_factory`` takes), searched for the top 10
-of every query in one batch. Columns: the search parameter (``retriever.ef_search`` for HNSW, ``retriever.nprobe``
-for IVF), build seconds (training included), milliseconds per query, recall of Flat's top 10 (the share of
-exact top-10 passages found), and the index's serialized bytes. The passage vectors are saved under ``--cache``
+of every query in one batch. Columns: the search parameter (``retriever.ef_search`` for HNSW,
+``retriever.nprobe`` for IVF, ``retriever.refine_k_factor`` for a PQ index re-ranked by 8-bit codes), build
+seconds (training included), milliseconds per query, recall of Flat's top 10 (the share of exact top-10 passages
+found), and the index's serialized bytes. The passage vectors are saved under ``--cache``
 with the settings that made them, so later runs skip the encoding (the slow part: minutes per 10k passages on
 two CPU cores). Last line: one JSON object with every row.
 """
@@ -39,6 +40,7 @@ INDEXES = [
     ("IVF1024,Flat", "nprobe", [8, 32]),
     ("IVF1024,PQ48", "nprobe", [8, 32, 128]),
     ("IVF1024,PQ96", "nprobe", [32, 128]),
+    ("IVF1024,PQ48,Refine(SQ8)", "refine_k_factor", [1, 4, 16]),  # at the default nprobe (16)
 ]
 
 
@@ -97,7 +99,8 @@ def main() -> None:
         size = len(faiss.serialize_index(index.index))
         for value in values:
             if knob is not None:
-                index._configure(**{"nprobe": index.nprobe, "ef_search": index.ef_search, knob: value})
+                defaults = {"nprobe": index.nprobe, "ef_search": index.ef_search, "refine_k_factor": 4}
+                index._configure(**{**defaults, knob: value})
             (_, found), seconds = timed(index.search, queries, 10)
             exact = found if exact is None else exact
             rows.append({"index": factory, "param": f"{knob}={value}" if knob else "-", "build_s": round(build, 1),

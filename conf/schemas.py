@@ -30,6 +30,7 @@ class DenseRetrieverSchema:
     index_factory: str = "Flat"
     nprobe: int = 16
     ef_search: int = 128
+    refine_k_factor: int = 4
     batch_size: int = 64
     query_batch_size: int = 256
     precision: str = "auto"

@@ -189,7 +189,9 @@ def test_packaged_minilm_reproduces_mteb_on_scifact(compose_cfg, shared_data):
     assert 0.635 <= metrics["test"]["ndcg@10"] <= 0.655  # MTEB reports 0.6451
 
 
-@pytest.mark.parametrize(("factory", "knob"), [("HNSW8", "ef_search"), ("IVF2,Flat", "nprobe")])
+@pytest.mark.parametrize(
+    ("factory", "knob"), [("HNSW8", "ef_search"), ("IVF2,Flat", "nprobe"), ("IVF1,SQ4,Refine(Flat)", "refine_k_factor")]
+)
 def test_approximate_factories_take_their_search_parameters_from_the_config(compose_cfg, factory, knob):
     import faiss
 
@@ -202,13 +204,24 @@ def test_approximate_factories_take_their_search_parameters_from_the_config(comp
         retriever.index(corpus)
         return retriever, retriever.search(TINY_QUERIES, 3)
 
-    value = 2 if knob == "nprobe" else 64  # nprobe 2 of 2 lists and efSearch 64 over 6 documents: exhaustive
+    # nprobe 2 of 2 lists, efSearch 64 over 6 documents, 64 x 3 candidates re-ranked exactly: exhaustive
+    value = 2 if knob == "nprobe" else 64
     retriever, approximate = run([f"retriever.index_factory='{factory}'", f"retriever.{knob}={value}"])
-    index = retriever.faiss.index
-    set_value = faiss.extract_index_ivf(index).nprobe if knob == "nprobe" else index.hnsw.efSearch
+    index = faiss.downcast_index(retriever.faiss.index)
+    set_value = {"nprobe": lambda: faiss.extract_index_ivf(index).nprobe, "ef_search": lambda: index.hnsw.efSearch,
+                 "refine_k_factor": lambda: index.k_factor}[knob]()  # fmt: skip
     assert set_value == value
     _, exact = run([])
     assert {q: list(d) for q, d in approximate.items()} == {q: list(d) for q, d in exact.items()}
+
+
+@pytest.mark.parametrize("knob", ["nprobe", "ef_search", "refine_k_factor"])
+def test_a_search_knob_below_one_is_refused_naming_its_key(compose_cfg, knob):
+    cfg = compose_cfg(
+        ["retriever=dense", "retriever.show_progress=false", *TINY_MODEL_OVERRIDES, f"retriever.{knob}=0"]
+    )
+    with pytest.raises(Exception, match=rf"{knob} must be >= 1, got 0 \(retriever\.{knob}\)"):  # hydra wraps it
+        instantiate(cfg.retriever)
 
 
 def test_attention_kernels_leave_out_cudnn_on_cuda_only():

@@ -15,19 +15,27 @@ from retrieval_lab.utils.io import atomic_dir
 class FaissIndex(VectorIndex):
     """Inner-product FAISS index. Trainable factories (IVF, PQ) train on the first ``add``."""
 
-    def __init__(self, dim: int, factory: str = "Flat", nprobe: int = 16, ef_search: int = 128) -> None:
+    def __init__(
+        self, dim: int, factory: str = "Flat", nprobe: int = 16, ef_search: int = 128, refine_k_factor: int = 4
+    ) -> None:
         try:
             self.index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as err:
             raise ValueError(f"index.factory {factory!r} is not a valid FAISS factory string: {err}") from err
         self.dim, self.factory = dim, factory
-        self._configure(nprobe, ef_search)
+        self._configure(nprobe, ef_search, refine_k_factor)
         self.ids: list[str] = []
 
-    def _configure(self, nprobe: int, ef_search: int) -> None:
-        self.nprobe, self.ef_search = nprobe, ef_search
+    def _configure(self, nprobe: int, ef_search: int, refine_k_factor: int = 4) -> None:
+        """Set the search knobs the factory has: IVF's ``nprobe``, HNSW's ``efSearch``, and ``Refine``'s k-factor
+        (a ``...,Refine(SQ8)`` index fetches ``refine_k_factor * k`` candidates and re-ranks them exactly)."""
+        knobs = {"nprobe": nprobe, "ef_search": ef_search, "refine_k_factor": refine_k_factor}
+        for key, value in knobs.items():
+            if int(value) < 1:
+                raise ValueError(f"{key} must be >= 1, got {value} (retriever.{key})")
+        self.nprobe, self.ef_search, self.refine_k_factor = nprobe, ef_search, refine_k_factor
         params = faiss.ParameterSpace()
-        for name, value in (("nprobe", nprobe), ("efSearch", ef_search)):
+        for name, value in (("nprobe", nprobe), ("efSearch", ef_search), ("k_factor_rf", refine_k_factor)):
             try:
                 params.set_index_parameter(self.index, name, value)
             except RuntimeError:
@@ -54,7 +62,8 @@ class FaissIndex(VectorIndex):
         """Write to ``folder`` atomically: a temporary sibling is filled, then renamed into place."""
         with atomic_dir(folder) as tmp:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
-            meta = {"dim": self.dim, "factory": self.factory, "nprobe": self.nprobe, "ef_search": self.ef_search}
+            meta = {"dim": self.dim, "factory": self.factory, "nprobe": self.nprobe, "ef_search": self.ef_search,
+                    "refine_k_factor": self.refine_k_factor}  # fmt: skip
             (tmp / "meta.json").write_text(json.dumps(meta))
             (tmp / "ids.json").write_text(json.dumps(self.ids))
 
@@ -65,7 +74,7 @@ class FaissIndex(VectorIndex):
         self = cls.__new__(cls)
         self.dim, self.factory = meta["dim"], meta["factory"]
         self.index = faiss.read_index(str(folder / "index.faiss"))
-        self._configure(meta["nprobe"], meta["ef_search"])
+        self._configure(meta["nprobe"], meta["ef_search"], meta.get("refine_k_factor", 4))
         self.ids = json.loads((folder / "ids.json").read_text())
         return self
 

@@ -49,6 +49,7 @@ class DenseRetriever(Retriever):
         index_factory: str = "Flat",
         nprobe: int = 16,
         ef_search: int = 128,
+        refine_k_factor: int = 4,
         batch_size: int = 64,
         query_batch_size: int = 256,
         precision: str = "auto",
@@ -61,7 +62,8 @@ class DenseRetriever(Retriever):
         self.shard_across_ranks = shard_across_ranks
         self.cache = EmbeddingCache(cache_dir) if cache_dir else None
         resolve_precision(precision, torch.device(device))  # refuse a bad value before any encoding
-        self.index_factory, self.index_args = index_factory, {"nprobe": nprobe, "ef_search": ef_search}
+        self.index_factory, self.index_args = index_factory, {"nprobe": nprobe, "ef_search": ef_search,
+                                                   "refine_k_factor": refine_k_factor}  # fmt: skip
         self.encode_args = {"precision": precision, "show_progress": show_progress, "device": device}
         self.batch_size, self.query_batch_size = batch_size, query_batch_size
         self.faiss: FaissIndex | None = None
