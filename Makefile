@@ -11,8 +11,8 @@ LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -
 
 # ... and without its AMX kernels: -march=native turns them on where the CPU has AMX, and there llama.cpp 0.3.36's
 # first decode segfaults on our machines (AMX Xeons; upstream: ggml-org/llama.cpp#20824, ggml_backend_amx_mul_mat);
-# the AVX512/VNNI kernels remain. Only where the compiler
-# knows the flags (x86 gcc/clang); elsewhere the build is unchanged.
+# the AVX512/VNNI kernels remain. Only where the compiler knows the flags (x86 gcc/clang); elsewhere the build is
+# unchanged.
 LLAMA_NO_AMX := $(shell echo 'int main(void){return 0;}' | $${CC:-cc} -mno-amx-tile -mno-amx-int8 -mno-amx-bf16 \
 	-x c -o /dev/null - 2>/dev/null && echo -mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 

@@ -99,8 +99,7 @@ def main() -> None:
         size = len(faiss.serialize_index(index.index))
         for value in values:
             if knob is not None:
-                defaults = {"nprobe": index.nprobe, "ef_search": index.ef_search, "refine_k_factor": 4}
-                index._configure(**{**defaults, knob: value})
+                index._configure(**{**index.search_knobs, knob: value})
             (_, found), seconds = timed(index.search, queries, 10)
             exact = found if exact is None else exact
             rows.append({"index": factory, "param": f"{knob}={value}" if knob else "-", "build_s": round(build, 1),

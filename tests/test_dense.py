@@ -147,7 +147,7 @@ def test_faiss_index_search_save_load(tmp_path):
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((50, 8)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)  # unit vectors: each is its own nearest neighbour
-    index = FaissIndex(8, "Flat")
+    index = FaissIndex(8, "Flat", nprobe=3, ef_search=5, refine_k_factor=7)  # knobs Flat ignores, kept by save
     index.add(vectors, [f"d{i}" for i in range(50)])
     scores, ids = index.search(vectors[:3], k=5)
     assert [row[0] for row in ids] == ["d0", "d1", "d2"] and scores.shape == (3, 5)
@@ -157,6 +157,7 @@ def test_faiss_index_search_save_load(tmp_path):
     index.save(tmp_path / "idx")  # overwriting goes through a temporary name too
     loaded = FaissIndex.load(tmp_path / "idx")
     assert loaded.search(vectors[:3], k=5)[1] == ids and len(loaded) == 50
+    assert loaded.search_knobs == {"nprobe": 3, "ef_search": 5, "refine_k_factor": 7}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
 
 

@@ -26,7 +26,7 @@ class FaissIndex(VectorIndex):
         self._configure(nprobe, ef_search, refine_k_factor)
         self.ids: list[str] = []
 
-    def _configure(self, nprobe: int, ef_search: int, refine_k_factor: int = 4) -> None:
+    def _configure(self, nprobe: int, ef_search: int, refine_k_factor: int) -> None:
         """Set the search knobs the factory has: IVF's ``nprobe``, HNSW's ``efSearch``, and ``Refine``'s k-factor
         (a ``...,Refine(SQ8)`` index fetches ``refine_k_factor * k`` candidates and re-ranks them exactly)."""
         knobs = {"nprobe": nprobe, "ef_search": ef_search, "refine_k_factor": refine_k_factor}
@@ -39,7 +39,12 @@ class FaissIndex(VectorIndex):
             try:
                 params.set_index_parameter(self.index, name, value)
             except RuntimeError:
-                pass  # the factory has no such knob (Flat has neither)
+                pass  # the factory has no such knob (Flat has none)
+
+    @property
+    def search_knobs(self) -> dict[str, int]:
+        """The search parameters now set, as ``_configure`` takes them (and ``meta.json`` keeps them)."""
+        return {"nprobe": self.nprobe, "ef_search": self.ef_search, "refine_k_factor": self.refine_k_factor}
 
     def add(self, vectors: np.ndarray, ids: list[str]) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -62,8 +67,7 @@ class FaissIndex(VectorIndex):
         """Write to ``folder`` atomically: a temporary sibling is filled, then renamed into place."""
         with atomic_dir(folder) as tmp:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
-            meta = {"dim": self.dim, "factory": self.factory, "nprobe": self.nprobe, "ef_search": self.ef_search,
-                    "refine_k_factor": self.refine_k_factor}  # fmt: skip
+            meta = {"dim": self.dim, "factory": self.factory, **self.search_knobs}
             (tmp / "meta.json").write_text(json.dumps(meta))
             (tmp / "ids.json").write_text(json.dumps(self.ids))
 
